@@ -1,0 +1,67 @@
+"""Our checkpoint format: ``port.json`` (model name, config, dtype) + an orbax ``params/`` tree.
+
+Writes are atomic: everything goes to a temporary sibling directory that is renamed onto the target
+only once complete, so a failed or killed write never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from ports.models import abstract_params, spec
+
+META = "port.json"
+PARAMS = "params"
+
+
+def save(out: str | Path, model: str, config, params: Any, overwrite: bool = False) -> Path:
+    """Writes ``params`` (a nested dict of arrays) for ``model`` with ``config`` at ``out``."""
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dtypes = {str(x.dtype) for x in jax.tree.leaves(params)}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / PARAMS, params)
+            ckptr.wait_until_finished()
+        meta = {"model": model, "config": config.to_dict(), "dtype": dtypes.pop() if len(dtypes) == 1 else None}
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load(path: str | Path, dtype=None):
+    """Restores a converted checkpoint: returns ``(module, params)``.
+
+    ``dtype`` (e.g. ``jnp.bfloat16``) casts parameters and computation; default: as stored.
+    """
+    path = Path(path).absolute()
+    if not (path / META).exists():
+        raise FileNotFoundError(f"{path} is not a converted checkpoint: no {META} (make one with "
+                                "`python -m experiments.convert`)")
+    meta = json.loads((path / META).read_text())
+    config = spec(meta["model"]).config_cls.from_dict(meta["config"])
+    dtype = jnp.dtype(dtype or meta["dtype"] or jnp.float32)
+    module, abstract = abstract_params(meta["model"], config, dtype)
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(path / PARAMS, abstract)
+    return module, params

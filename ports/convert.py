@@ -1,0 +1,41 @@
+"""Hugging Face checkpoint directory -> our checkpoint, through the model's declarative rule table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+
+from ports import checkpoint
+from ports.models import abstract_params, spec
+from ports.rules import convert_tensors
+from ports.safetensors_np import SafetensorsCheckpoint
+
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+def convert(hf_dir: str | Path, out: str | Path, model: str, dtype: str | None = None,
+            overwrite: bool = False) -> Path:
+    """Converts ``hf_dir`` (config.json + safetensors) for ``model``; writes our checkpoint at ``out``.
+
+    ``dtype``: one of DTYPES; default keeps the checkpoint's own dtype (that of its embeddings).
+    """
+    hf_dir = Path(hf_dir)
+    s = spec(model)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {sorted(DTYPES)}")
+    config_path = hf_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{hf_dir} has no config.json; expected a Hugging Face checkpoint directory")
+    config = s.config_from_hf(json.loads(config_path.read_text()))
+    ckpt = SafetensorsCheckpoint(hf_dir)
+    rules = s.rules(config)
+    target = np.dtype(DTYPES[dtype]) if dtype else ckpt.read(rules[0].hf).dtype
+    _, abstract = abstract_params(model, config, target)
+    expected = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(abstract).items()}
+    flat = convert_tensors(ckpt, rules, expected, target, ignore=s.ignore)
+    params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    return checkpoint.save(out, model, config, params, overwrite=overwrite)

@@ -1,0 +1,176 @@
+"""The shared Qwen2/Qwen2.5 decoder in Flax linen: the language backbone of every LALM port.
+
+Layers are scanned (``nn.scan``), so every parameter and every captured site carries a leading layer
+axis ``L``. Shapes use B = batch, T = sequence, H = hidden, N = query heads, K = key/value heads,
+D = head_dim, I = intermediate_size, V = vocab_size.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ports.config import DecoderConfig
+from ports.sites import Interventions, Site, check_interventions
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 and cast back before the weight multiply (as transformers does)."""
+
+    eps: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        weight = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return weight * x32.astype(x.dtype)
+
+
+def rope_tables(position_ids, head_dim: int, theta: float, dtype):
+    """cos, sin for rotate-half RoPE: position_ids [B, T] -> two arrays [B, T, D]."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = position_ids.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x [B, T, heads, D] rotated by cos/sin [B, T, D]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+class Attention(nn.Module):
+    config: DecoderConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask):
+        """x [B, T, H], mask [B, 1, T, T] (True = may attend) -> [B, T, H]."""
+        cfg = self.config
+        dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=self.dtype, param_dtype=self.dtype,
+                                               name=name)
+        b, t, _ = x.shape
+        q = dense(cfg.num_attention_heads * cfg.head_dim, True, "q_proj")(x)
+        k = dense(cfg.num_key_value_heads * cfg.head_dim, True, "k_proj")(x)
+        v = dense(cfg.num_key_value_heads * cfg.head_dim, True, "v_proj")(x)
+        q = apply_rope(q.reshape(b, t, cfg.num_attention_heads, cfg.head_dim), cos, sin)
+        k = apply_rope(k.reshape(b, t, cfg.num_key_value_heads, cfg.head_dim), cos, sin)
+        v = v.reshape(b, t, cfg.num_key_value_heads, cfg.head_dim)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim**-0.5)
+        return dense(cfg.hidden_size, False, "o_proj")(out.reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU MLP with the neuron sites ``gate_act`` and ``mlp_in`` as identity submodules."""
+
+    config: DecoderConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, interventions: Interventions):
+        """x [B, T, H] -> [B, T, H]; ``interventions`` holds this layer's slice of each edit."""
+        cfg = self.config
+        dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=self.dtype, param_dtype=self.dtype, name=name)
+        gate_act = Site(name="gate_act")(nn.silu(dense(cfg.intermediate_size, "gate_proj")(x)),
+                                         interventions.get("gate_act"))
+        mlp_in = Site(name="mlp_in")(gate_act * dense(cfg.intermediate_size, "up_proj")(x),
+                                     interventions.get("mlp_in"))
+        return dense(cfg.hidden_size, "down_proj")(mlp_in)
+
+
+class DecoderLayer(nn.Module):
+    config: DecoderConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, cos, sin, mask, interventions: Interventions):
+        norm = lambda name: RMSNorm(self.config.rms_norm_eps, self.dtype, name=name)
+        h = h + Attention(self.config, self.dtype, name="self_attn")(norm("input_layernorm")(h), cos, sin, mask)
+        h = h + MLP(self.config, self.dtype, name="mlp")(norm("post_attention_layernorm")(h), interventions)
+        return h, None
+
+
+class Decoder(nn.Module):
+    """Embeddings (optional), scanned decoder layers and the final norm: ``Qwen2Model``'s job."""
+
+    config: DecoderConfig
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        cfg = self.config
+        self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.dtype)
+        self.layers = nn.scan(
+            DecoderLayer,
+            variable_axes={"params": 0, "intermediates": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            length=cfg.num_hidden_layers,
+        )(cfg, self.dtype)
+        self.norm = RMSNorm(cfg.rms_norm_eps, self.dtype)
+
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                 interventions: Interventions | None = None):
+        """Returns the final hidden states [B, T, H].
+
+        input_ids [B, T] int, or inputs_embeds [B, T, H] (exactly one of them).
+        attention_mask [B, T], 1 = token, 0 = padding (left or right); default all ones.
+        position_ids [B, T]; default ``cumsum(attention_mask) - 1`` so a padded row gets the positions it
+        would have unpadded (transformers' bare forward uses 0..T-1 whatever the padding).
+        interventions: see :mod:`ports.sites`; None or {} runs the unedited model.
+        """
+        cfg = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids [B, T] or inputs_embeds [B, T, H]")
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+        b, t, _ = h.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        if position_ids is None:
+            position_ids = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+        interventions = dict(interventions or {})
+        check_interventions(interventions, cfg.num_hidden_layers, (b, t), cfg.intermediate_size)
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        mask = (causal[None] & attention_mask.astype(bool)[:, None, :])[:, None]
+        cos, sin = rope_tables(position_ids, cfg.head_dim, cfg.rope_theta, self.dtype)
+        h, _ = self.layers(h, cos, sin, mask, interventions)
+        return self.norm(h)
+
+    def embed(self, input_ids):
+        return self.embed_tokens(input_ids)
+
+    def attend(self, h):
+        """Logits through the tied embedding matrix."""
+        return self.embed_tokens.attend(h)
+
+
+class Qwen2ForCausalLM(nn.Module):
+    """Decoder + lm_head (tied or untied): the Flax counterpart of transformers' ``Qwen2ForCausalLM``."""
+
+    config: DecoderConfig
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.model = Decoder(self.config, self.dtype)
+        if not self.config.tie_word_embeddings:
+            self.lm_head = nn.Dense(self.config.vocab_size, use_bias=False, dtype=self.dtype,
+                                    param_dtype=self.dtype)
+
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                 interventions: Interventions | None = None, logits_positions=None):
+        """Logits [B, T, V], or [B, P, V] at ``logits_positions`` [B, P] (e.g. the answer position).
+
+        Other arguments as :meth:`Decoder.__call__`.
+        """
+        h = self.model(input_ids, attention_mask, position_ids, inputs_embeds, interventions)
+        if logits_positions is not None:
+            h = jnp.take_along_axis(h, logits_positions[..., None], axis=1)
+        return self.model.attend(h) if self.config.tie_word_embeddings else self.lm_head(h)
+
+    def embed(self, input_ids):
+        """Token embeddings [B, T, H], to splice other modalities in before calling with inputs_embeds."""
+        return self.model.embed(input_ids)

@@ -1,0 +1,53 @@
+"""The table of ported models: how each is configured, built, converted and initialised."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ports.config import DecoderConfig
+from ports.rules import Rule, decoder_rules
+from ports.decoder import Qwen2ForCausalLM
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything the converter and the loader need to know about one model family."""
+
+    config_cls: type
+    config_from_hf: Callable[[Mapping[str, Any]], Any]
+    build: Callable[[Any, Any], nn.Module]  # (config, dtype) -> module
+    rules: Callable[[Any], tuple[Rule, ...]]
+    init_inputs: Callable[[Any], dict[str, jax.Array]]  # smallest inputs that create every parameter
+    ignore: tuple[str, ...] = ()  # checkpoint keys that are known and carry nothing
+
+
+MODELS: dict[str, ModelSpec] = {
+    "qwen2": ModelSpec(
+        config_cls=DecoderConfig,
+        config_from_hf=lambda hf: DecoderConfig.from_hf(hf, "qwen2"),
+        build=lambda cfg, dtype: Qwen2ForCausalLM(cfg, dtype),
+        rules=lambda cfg: decoder_rules(),
+        init_inputs=lambda cfg: {"input_ids": jnp.zeros((1, 1), jnp.int32)},
+        ignore=("model.layers.{layer}.self_attn.rotary_emb.inv_freq",),
+    ),
+}
+
+
+def spec(model: str) -> ModelSpec:
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; ported models: {sorted(MODELS)}")
+    return MODELS[model]
+
+
+def abstract_params(model: str, config, dtype) -> Any:
+    """The parameter tree as ShapeDtypeStructs, built by ``jax.eval_shape`` (nothing is allocated)."""
+    s = spec(model)
+    module = s.build(config, dtype)
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), **s.init_inputs(config)))
+    return module, variables["params"]
