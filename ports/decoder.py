@@ -140,7 +140,7 @@ class Decoder(nn.Module):
         h, _ = self.layers(h, cos, sin, mask, interventions)
         return self.norm(h)
 
-    def embed(self, input_ids):
+    def embed_inputs(self, input_ids):
         return self.embed_tokens(input_ids)
 
     def attend(self, h):
@@ -171,6 +171,10 @@ class Qwen2ForCausalLM(nn.Module):
             h = jnp.take_along_axis(h, logits_positions[..., None], axis=1)
         return self.model.attend(h) if self.config.tie_word_embeddings else self.lm_head(h)
 
-    def embed(self, input_ids):
-        """Token embeddings [B, T, H], to splice other modalities in before calling with inputs_embeds."""
-        return self.model.embed(input_ids)
+    def embed_inputs(self, input_ids):
+        """input_ids [B, T] -> inputs_embeds [B, T, H].
+
+        Every port has this method: it runs whatever precedes the decoder (for the LALMs, the audio
+        encoder and the splicing), so that sweeps compute it once and call the port with inputs_embeds.
+        """
+        return self.model.embed_inputs(input_ids)
