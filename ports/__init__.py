@@ -5,13 +5,14 @@ Public API::
     module, params = ports.load(path)                       # a converted checkpoint
     logits = module.apply({"params": params}, input_ids=..., attention_mask=...)
     ports.convert(hf_dir, out, model="qwen2")               # what `python -m experiments.convert` runs
+    ports.export("qwen2", config, params, hf_out)           # back to a transformers checkpoint directory
 
 Neuron sites and the ``interventions`` argument: see :mod:`ports.sites`.
 """
 
 from ports.checkpoint import load, save
 from ports.config import DecoderConfig, UnsupportedConfigError
-from ports.convert import convert
+from ports.convert import convert, export
 from ports.decoder import Decoder, Qwen2ForCausalLM
 from ports.models import MODELS
 from ports.rules import ConversionError
@@ -20,5 +21,5 @@ from ports.sites import SITES, capture_filter, collect
 
 __all__ = [
     "MODELS", "SITES", "CheckpointFileError", "ConversionError", "Decoder", "DecoderConfig",
-    "Qwen2ForCausalLM", "UnsupportedConfigError", "capture_filter", "collect", "convert", "load", "save",
+    "Qwen2ForCausalLM", "UnsupportedConfigError", "capture_filter", "collect", "convert", "export", "load", "save",
 ]

@@ -43,6 +43,13 @@ class DecoderConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> DecoderConfig:
         return cls(**d)
 
+    def to_hf(self) -> dict[str, Any]:
+        """A transformers ``Qwen2Config`` dict for this decoder (the inverse of :meth:`from_hf`)."""
+        fields = self.to_dict()
+        theta = fields.pop("rope_theta")
+        return {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu",
+                "rope_parameters": {"rope_type": "default", "rope_theta": theta}, **fields}
+
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], model_type: str = "qwen2") -> DecoderConfig:
         """Builds the config from a transformers ``config.json`` dict, refusing what the port lacks.
@@ -57,6 +64,9 @@ class DecoderConfig:
                 f"config.json has model_type={hf.get('model_type')!r}; expected {model_type!r}"
             )
         problems = []
+        missing = [k for k in _REQUIRED if k not in hf]
+        if missing:
+            problems.append(f"missing attributes {missing}")
         unknown = sorted(set(hf) - _IMPLEMENTED - _IGNORED - set(_INERT))
         if unknown:
             problems.append(f"unknown attributes {unknown} (the {model_type} port implements "
@@ -84,6 +94,7 @@ class DecoderConfig:
         )
 
 
+_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 _IMPLEMENTED = frozenset({
     "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
     "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "tie_word_embeddings",

@@ -1,8 +1,11 @@
-"""Hugging Face checkpoint directory -> our checkpoint, through the model's declarative rule table."""
+"""Hugging Face checkpoint directory <-> our checkpoint, through the model's declarative rule table."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import ml_dtypes
@@ -11,8 +14,8 @@ from flax import traverse_util
 
 from ports import checkpoint
 from ports.models import abstract_params, spec
-from ports.rules import convert_tensors
-from ports.safetensors_np import SafetensorsCheckpoint
+from ports.rules import convert_tensors, export_tensors
+from ports.safetensors_np import SINGLE, SafetensorsCheckpoint, write_safetensors
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
@@ -39,3 +42,25 @@ def convert(hf_dir: str | Path, out: str | Path, model: str, dtype: str | None =
     flat = convert_tensors(ckpt, rules, expected, target, ignore=s.ignore)
     params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
     return checkpoint.save(out, model, config, params, overwrite=overwrite)
+
+
+def export(model: str, config, params, out: str | Path) -> Path:
+    """Writes ``params`` as a Hugging Face checkpoint directory (config.json + model.safetensors) at ``out``.
+
+    transformers' ``from_pretrained`` loads it; ``convert`` reads it back. Written atomically; ``out``
+    must not exist.
+    """
+    out = Path(out).absolute()
+    if out.exists():
+        raise FileExistsError(f"{out} already exists")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+    tensors = export_tensors(spec(model).rules(config), flat)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_safetensors(tmp / SINGLE, tensors)
+        (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2) + "\n")
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -7,6 +7,8 @@ D = head_dim, I = intermediate_size, V = vocab_size.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -52,17 +54,16 @@ class Attention(nn.Module):
     def __call__(self, x, cos, sin, mask):
         """x [B, T, H], mask [B, 1, T, T] (True = may attend) -> [B, T, H]."""
         cfg = self.config
-        dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=self.dtype, param_dtype=self.dtype,
-                                               name=name)
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.dtype)
         b, t, _ = x.shape
-        q = dense(cfg.num_attention_heads * cfg.head_dim, True, "q_proj")(x)
-        k = dense(cfg.num_key_value_heads * cfg.head_dim, True, "k_proj")(x)
-        v = dense(cfg.num_key_value_heads * cfg.head_dim, True, "v_proj")(x)
+        q = dense(cfg.num_attention_heads * cfg.head_dim, name="q_proj")(x)
+        k = dense(cfg.num_key_value_heads * cfg.head_dim, name="k_proj")(x)
+        v = dense(cfg.num_key_value_heads * cfg.head_dim, name="v_proj")(x)
         q = apply_rope(q.reshape(b, t, cfg.num_attention_heads, cfg.head_dim), cos, sin)
         k = apply_rope(k.reshape(b, t, cfg.num_key_value_heads, cfg.head_dim), cos, sin)
         v = v.reshape(b, t, cfg.num_key_value_heads, cfg.head_dim)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim**-0.5)
-        return dense(cfg.hidden_size, False, "o_proj")(out.reshape(b, t, -1))
+        return dense(cfg.hidden_size, use_bias=False, name="o_proj")(out.reshape(b, t, -1))
 
 
 class MLP(nn.Module):
@@ -75,12 +76,12 @@ class MLP(nn.Module):
     def __call__(self, x, interventions: Interventions):
         """x [B, T, H] -> [B, T, H]; ``interventions`` holds this layer's slice of each edit."""
         cfg = self.config
-        dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=self.dtype, param_dtype=self.dtype, name=name)
-        gate_act = Site(name="gate_act")(nn.silu(dense(cfg.intermediate_size, "gate_proj")(x)),
+        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype, param_dtype=self.dtype)
+        gate_act = Site(name="gate_act")(nn.silu(dense(cfg.intermediate_size, name="gate_proj")(x)),
                                          interventions.get("gate_act"))
-        mlp_in = Site(name="mlp_in")(gate_act * dense(cfg.intermediate_size, "up_proj")(x),
+        mlp_in = Site(name="mlp_in")(gate_act * dense(cfg.intermediate_size, name="up_proj")(x),
                                      interventions.get("mlp_in"))
-        return dense(cfg.hidden_size, "down_proj")(mlp_in)
+        return dense(cfg.hidden_size, name="down_proj")(mlp_in)
 
 
 class DecoderLayer(nn.Module):
@@ -89,9 +90,9 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, h, cos, sin, mask, interventions: Interventions):
-        norm = lambda name: RMSNorm(self.config.rms_norm_eps, self.dtype, name=name)
-        h = h + Attention(self.config, self.dtype, name="self_attn")(norm("input_layernorm")(h), cos, sin, mask)
-        h = h + MLP(self.config, self.dtype, name="mlp")(norm("post_attention_layernorm")(h), interventions)
+        norm = functools.partial(RMSNorm, self.config.rms_norm_eps, self.dtype)
+        h = h + Attention(self.config, self.dtype, name="self_attn")(norm(name="input_layernorm")(h), cos, sin, mask)
+        h = h + MLP(self.config, self.dtype, name="mlp")(norm(name="post_attention_layernorm")(h), interventions)
         return h, None
 
 

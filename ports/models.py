@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from ports.config import DecoderConfig
-from ports.rules import Rule, decoder_rules
 from ports.decoder import Qwen2ForCausalLM
+from ports.rules import Rule, decoder_rules
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,16 +26,25 @@ def identity(w: np.ndarray) -> np.ndarray:
     return w
 
 
+LINEAR = {"transform": transpose, "inverse": transpose}  # a torch Linear weight, both ways
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """``hf`` may contain ``{layer}``: the per-layer tensors are stacked on our leading layer axis."""
+    """``hf`` may contain ``{layer}``: the per-layer tensors are stacked on our leading layer axis.
+
+    ``transform`` maps the checkpoint's tensor to ours; ``inverse`` maps ours back (for export).
+    """
 
     hf: str
     path: str
     transform: Callable[[np.ndarray], np.ndarray] = identity
+    inverse: Callable[[np.ndarray], np.ndarray] = identity
 
     def regex(self) -> re.Pattern:
-        return re.compile(re.escape(self.hf).replace(re.escape(LAYER), r"(\d+)") + r"\Z")
+        """``{layer}`` matches a layer index; ``*`` (used by ignore patterns) matches any run of characters."""
+        pattern = re.escape(self.hf).replace(re.escape(LAYER), r"(\d+)").replace(r"\*", ".*")
+        return re.compile(pattern + r"\Z")
 
 
 class ConversionError(ValueError):
@@ -50,16 +59,16 @@ def decoder_rules(hf_model: str = "model", hf_head: str = "lm_head", path: str =
     rules = [
         Rule(f"{hf_model}.embed_tokens.weight", f"{path}model/embed_tokens/embedding"),
         Rule(f"{hf_model}.norm.weight", f"{path}model/norm/scale"),
-        Rule(f"{hf_head}.weight", f"{path}lm_head/kernel", transpose),
+        Rule(f"{hf_head}.weight", f"{path}lm_head/kernel", **LINEAR),
     ]
     for norm in ("input_layernorm", "post_attention_layernorm"):
         rules.append(Rule(f"{layer}.{norm}.weight", f"{ours}/{norm}/scale"))
     for proj in ("q_proj", "k_proj", "v_proj"):
-        rules.append(Rule(f"{layer}.self_attn.{proj}.weight", f"{ours}/self_attn/{proj}/kernel", transpose))
+        rules.append(Rule(f"{layer}.self_attn.{proj}.weight", f"{ours}/self_attn/{proj}/kernel", **LINEAR))
         rules.append(Rule(f"{layer}.self_attn.{proj}.bias", f"{ours}/self_attn/{proj}/bias"))
-    rules.append(Rule(f"{layer}.self_attn.o_proj.weight", f"{ours}/self_attn/o_proj/kernel", transpose))
+    rules.append(Rule(f"{layer}.self_attn.o_proj.weight", f"{ours}/self_attn/o_proj/kernel", **LINEAR))
     for proj in ("gate_proj", "up_proj", "down_proj"):
-        rules.append(Rule(f"{layer}.mlp.{proj}.weight", f"{ours}/mlp/{proj}/kernel", transpose))
+        rules.append(Rule(f"{layer}.mlp.{proj}.weight", f"{ours}/mlp/{proj}/kernel", **LINEAR))
     return tuple(rules)
 
 
@@ -104,6 +113,20 @@ def convert_tensors(ckpt: SafetensorsCheckpoint, rules: Sequence[Rule], expected
         tensors = [r.transform(ckpt.read(k)).astype(dtype) for k in plan[r.path]]
         out[r.path] = np.stack(tensors) if LAYER in r.hf else tensors[0]
     return out
+
+
+def export_tensors(rules: Sequence[Rule], flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`convert_tensors`: our flat ``{path: array}`` tree -> checkpoint tensors."""
+    out = {}
+    for r in rules:
+        if r.path not in flat:
+            continue
+        value = np.asarray(flat[r.path])
+        if LAYER in r.hf:
+            out.update({r.hf.replace(LAYER, str(i)): r.inverse(v) for i, v in enumerate(value)})
+        else:
+            out[r.hf] = r.inverse(value)
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
 def _layer_beyond(key: str, active: Sequence[Rule], expected: Mapping[str, tuple]) -> bool:

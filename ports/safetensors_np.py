@@ -23,6 +23,24 @@ _DTYPES = {
 }
 
 
+def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
+    """Writes ``tensors`` as one safetensors file (what transformers' ``from_pretrained`` reads)."""
+    names = {np.dtype(v): k for k, v in _DTYPES.items()}
+    header, offset = {}, 0
+    for key in sorted(tensors):
+        t = tensors[key]
+        if t.dtype not in names:
+            raise ValueError(f"tensor {key!r} has dtype {t.dtype}, which safetensors cannot store")
+        header[key] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format aligns the data section to 8 bytes
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for key in sorted(tensors):
+            f.write(np.ascontiguousarray(tensors[key]).tobytes())
+
+
 class CheckpointFileError(ValueError):
     """A checkpoint file is missing, truncated or malformed."""
 
