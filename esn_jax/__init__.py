@@ -1,0 +1,25 @@
+"""The emotion-sensitive-neuron method: streamed statistics, selectors, interventions, sweeps, metrics.
+
+Public API::
+
+    stats, correct = esn_jax.update_stats(stats, module, params, batch, labels, label_token_ids)
+    masks = esn_jax.select(stats, "lape", 0.01)                        # bool [E, L, I]
+    logp = esn_jax.score_variants(module, params, batch, esn_jax.ablate(masks), label_token_ids)  # [E, B, N]
+
+Modules: :mod:`esn_jax.scoring`, :mod:`esn_jax.stats`, :mod:`esn_jax.selectors`,
+:mod:`esn_jax.interventions`, :mod:`esn_jax.sweep`, :mod:`esn_jax.metrics`.
+"""
+
+from esn_jax import metrics
+from esn_jax.interventions import ablate, at_positions, gain, mean_ablate, mix, stack, two_pass, union
+from esn_jax.scoring import score_labels
+from esn_jax.selectors import METHODS, attribution, select
+from esn_jax.stats import EmotionStats, StatsConfig, model_dims, position_mask
+from esn_jax.stats import update as update_stats
+from esn_jax.sweep import score_variants
+
+__all__ = [
+    "METHODS", "EmotionStats", "StatsConfig", "ablate", "at_positions", "attribution", "gain", "mean_ablate",
+    "metrics", "mix", "model_dims", "position_mask", "score_labels", "score_variants", "select", "stack", "two_pass",
+    "union", "update_stats",
+]

@@ -1,0 +1,65 @@
+"""Many interventions at once: label log-probs for V stacked interventions on one batch.
+
+The encoders (``embed_inputs``) run once per clip; only the decoder is vmapped over the variant axis
+V, in chunks of ``chunk_size`` variants at a time (``lax.map`` over chunks), which bounds memory to
+``chunk_size`` decoder passes. Any mask values of one shape share one compilation.
+
+Axes: V = variants, B = batch, N = labels, L = layers, I = neurons.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esn_jax import scoring
+from esn_jax.stats import model_dims
+from ports.sites import Interventions, check_interventions
+
+
+def num_variants(interventions: Interventions) -> int:
+    """V, the shared leading axis of every edit in a stacked intervention."""
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(interventions)}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"stacked interventions need one leading variant axis V on every edit; got sizes {sizes}")
+    return sizes.pop()
+
+
+def score_variants(module, params, batch: Mapping[str, Any], interventions: Interventions,
+                   label_token_ids: Sequence[Sequence[int]], chunk_size: int | None = None) -> jnp.ndarray:
+    """Label log-probs under each of V interventions: [V, B, N].
+
+    batch: the port's raw forward kwargs (see :func:`esn_jax.scoring.score_labels`).
+    interventions: edits with a leading variant axis, e.g. ``interventions.ablate(masks [V, L, I])``.
+    chunk_size: variants per vmapped step (default all V); V is padded up to a multiple of it.
+    """
+    v = num_variants(interventions)
+    layers, neurons = model_dims(params)
+    ref = batch["inputs_embeds"] if "inputs_embeds" in batch else batch["input_ids"]
+    check_interventions(jax.tree.map(lambda x: x[0], interventions), layers, tuple(np.shape(ref)[:2]), neurons)
+    chunk = v if chunk_size is None else int(chunk_size)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+    chunk = min(chunk, v)
+    pad = -v % chunk
+    # Padding repeats the first variant; its rows are dropped below.
+    padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x,
+                          interventions)
+    chunks = jax.tree.map(lambda x: x.reshape(-1, chunk, *x.shape[1:]), padded)
+    out = _sweep(module, params, dict(batch), chunks, scoring.label_tokens(label_token_ids))
+    return out[:v]
+
+
+@functools.partial(jax.jit, static_argnames=("module", "label_token_ids"))
+def _sweep(module, params, batch, chunks, label_token_ids):
+    embedded = scoring.embed(module, params, batch)
+
+    def score(edits):
+        return scoring.score_labels(module, params, embedded, label_token_ids, edits)
+    out = jax.lax.map(jax.vmap(score), chunks)  # [V / chunk, chunk, B, N]
+    return out.reshape(-1, *out.shape[2:])
