@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ports import audio_flamingo3, qwen2_5_omni
 from ports.config import DecoderConfig
 from ports.decoder import Qwen2ForCausalLM
 from ports.rules import Rule, decoder_rules
@@ -35,6 +36,21 @@ MODELS: dict[str, ModelSpec] = {
         rules=lambda cfg: decoder_rules(),
         init_inputs=lambda cfg: {"input_ids": jnp.zeros((1, 1), jnp.int32)},
         ignore=("model.layers.{layer}.self_attn.rotary_emb.inv_freq",),
+    ),
+    "qwen2_5_omni": ModelSpec(
+        config_cls=qwen2_5_omni.Qwen2_5OmniConfig,
+        config_from_hf=qwen2_5_omni.Qwen2_5OmniConfig.from_hf,
+        build=lambda cfg, dtype: qwen2_5_omni.Qwen2_5OmniThinker(cfg, dtype),
+        rules=qwen2_5_omni.rules,
+        init_inputs=qwen2_5_omni.init_inputs,
+        ignore=qwen2_5_omni.IGNORE,
+    ),
+    "audio_flamingo3": ModelSpec(
+        config_cls=audio_flamingo3.AudioFlamingo3Config,
+        config_from_hf=audio_flamingo3.AudioFlamingo3Config.from_hf,
+        build=lambda cfg, dtype: audio_flamingo3.AudioFlamingo3(cfg, dtype),
+        rules=audio_flamingo3.rules,
+        init_inputs=audio_flamingo3.init_inputs,
     ),
 }
 

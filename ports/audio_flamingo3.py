@@ -1,0 +1,156 @@
+"""Audio Flamingo 3 (transformers' ``AudioFlamingo3ForConditionalGeneration``) in Flax linen.
+
+Whisper-large-v3-style encoder over 30-s windows (full attention inside a window, the keys past a
+partial window's end masked) -> AvgPool1d(2) -> LayerNorm -> projector Linear -> GELU -> Linear ->
+the audio tokens replace the ``<sound>`` placeholders -> the shared decoder (plain 1-D RoPE).
+
+Shapes: B = prompts, T = prompt tokens, W = windows (all clips' windows, in order), M = mel bins,
+F = mel frames per window (2 * max_source_positions), H = hidden size, V = vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ports.audio import (
+    HF_BOOKKEEPING,
+    LINEAR,
+    NONE,
+    AudioEncoder,
+    AudioEncoderConfig,
+    check_clip_frames,
+    encoder_config_from_hf,
+    encoder_rules,
+    is_concrete,
+    splice,
+)
+from ports.config import DecoderConfig, UnsupportedConfigError
+from ports.decoder import Qwen2ForCausalLM
+from ports.rules import Rule, decoder_rules
+
+MODEL_TYPE = "audioflamingo3"
+_AUDIO_NAMES = {"num_mel_bins": "num_mel_bins", "d_model": "hidden_size", "encoder_layers": "num_hidden_layers",
+                "encoder_attention_heads": "num_attention_heads", "encoder_ffn_dim": "intermediate_size",
+                "max_source_positions": "max_source_positions"}
+_USED = frozenset({"model_type", "audio_config", "text_config", "audio_token_id", "projector_hidden_act",
+                   "projector_bias"})
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioFlamingo3Config:
+    audio: AudioEncoderConfig
+    text: DecoderConfig
+    audio_token_id: int = 151669
+    projector_bias: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "audio": self.audio.to_dict(), "text": self.text.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AudioFlamingo3Config:
+        d = dict(d)
+        return cls(audio=AudioEncoderConfig.from_dict(d.pop("audio")), text=DecoderConfig.from_dict(d.pop("text")),
+                   **d)
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any]) -> AudioFlamingo3Config:
+        """Reads the ``-hf`` checkpoint's config.json, refusing what the port does not implement."""
+        if hf.get("model_type") != MODEL_TYPE:
+            raise UnsupportedConfigError(f"config.json has model_type={hf.get('model_type')!r}; "
+                                         f"--model=audio_flamingo3 expects {MODEL_TYPE!r} (the -hf checkpoint)")
+        problems = []
+        unknown = sorted(set(hf) - _USED - HF_BOOKKEEPING)
+        if unknown:
+            problems.append(f"unknown attributes {unknown}")
+        if hf.get("projector_hidden_act", "gelu") != "gelu":
+            problems.append(f"projector_hidden_act={hf['projector_hidden_act']!r} is not implemented (expected "
+                            "'gelu')")
+        if problems:
+            raise UnsupportedConfigError("config.json is not supported by the audio_flamingo3 port: "
+                                         + "; ".join(problems))
+        audio = encoder_config_from_hf(hf["audio_config"], names=_AUDIO_NAMES, extra={"pool": True},
+                                       what="audio_config")
+        return cls(audio=audio, text=DecoderConfig.from_hf(hf["text_config"], "qwen2"),
+                   audio_token_id=hf.get("audio_token_id", 151669), projector_bias=hf.get("projector_bias", True))
+
+
+class Projector(nn.Module):
+    """linear_1 (D -> H) -> exact GELU -> linear_2 (H -> H)."""
+
+    hidden_size: int
+    bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        dense = functools.partial(nn.Dense, self.hidden_size, use_bias=self.bias, dtype=self.dtype,
+                                  param_dtype=self.dtype)
+        return dense(name="linear_2")(jax.nn.gelu(dense(name="linear_1")(x), approximate=False))
+
+
+class AudioFlamingo3(nn.Module):
+    """``audio_tower`` + ``multi_modal_projector`` + ``language_model`` (the shared decoder)."""
+
+    config: AudioFlamingo3Config
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        cfg = self.config
+        self.audio_tower = AudioEncoder(cfg.audio, self.dtype)
+        self.multi_modal_projector = Projector(cfg.text.hidden_size, cfg.projector_bias, self.dtype)
+        self.language_model = Qwen2ForCausalLM(cfg.text, self.dtype)
+
+    def embed_inputs(self, input_ids, input_features=None, input_features_mask=None):
+        """input_ids [B, T]; input_features [W, M, F] and input_features_mask [W, F] (1 = valid frame) for
+        every clip's windows in prompt order -> inputs_embeds [B, T, H]."""
+        embeds = self.language_model.embed_inputs(input_ids)
+        placeholders = input_ids == self.config.audio_token_id
+        if input_features is None:
+            if is_concrete(input_ids) and np.asarray(placeholders).any():
+                raise ValueError("input_ids hold <sound> placeholders but no input_features were given")
+            return embeds
+        if input_features_mask is None:
+            raise ValueError("input_features_mask [W, F] is required with input_features (the frame mask the "
+                             "feature extractor returns)")
+        check_clip_frames(input_features_mask, self.config.audio, what="window")
+        audio, valid = self.audio_tower(input_features, input_features_mask)
+        return splice(embeds, placeholders, self.multi_modal_projector(audio), valid, "<sound> placeholders")
+
+    def __call__(self, input_ids=None, input_features=None, input_features_mask=None, attention_mask=None,
+                 position_ids=None, inputs_embeds=None, interventions=None, logits_positions=None):
+        """Logits [B, T, V] (or [B, P, V] at ``logits_positions``). ``inputs_embeds`` skips the encoder."""
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids [B, T] (with the audio inputs) or inputs_embeds [B, T, H]")
+            inputs_embeds = self.embed_inputs(input_ids, input_features, input_features_mask)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, interventions=interventions,
+                                   logits_positions=logits_positions)
+
+
+def rules(config: AudioFlamingo3Config) -> tuple[Rule, ...]:
+    projector = []
+    for name in ("linear_1", "linear_2"):
+        projector.append(Rule(f"multi_modal_projector.{name}.weight", f"multi_modal_projector/{name}/kernel",
+                              **LINEAR))
+        if config.projector_bias:
+            projector.append(Rule(f"multi_modal_projector.{name}.bias", f"multi_modal_projector/{name}/bias",
+                                  **NONE))
+    return (decoder_rules("language_model.model", "language_model.lm_head", "language_model/")
+            + encoder_rules("audio_tower", "audio_tower/", config.audio) + tuple(projector))
+
+
+def init_inputs(config: AudioFlamingo3Config) -> dict[str, Any]:
+    """One window with 4 valid frames (one audio token) at one placeholder: creates every parameter."""
+    frames = config.audio.window_frames
+    return {"input_ids": jnp.full((1, 1), config.audio_token_id, jnp.int32),
+            "input_features": jnp.zeros((1, config.audio.num_mel_bins, frames), jnp.float32),
+            "input_features_mask": (jnp.arange(frames) < 4)[None].astype(jnp.int32)}

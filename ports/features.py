@@ -1,0 +1,94 @@
+"""Log-mel features for each LALM with transformers' ``WhisperFeatureExtractor`` (numpy) and the model's
+own windowing. No mel code of our own.
+
+* Qwen2.5-Omni: the whole clip (up to 300 s) with a frame mask; the batch is trimmed to its longest clip
+  rounded up to whole 200-frame chunks (the padding beyond carries nothing: the encoder drops it).
+* Audio Flamingo 3: 30-s windows, at most 20 per clip (600 s), each with its own frame mask.
+* Kimi-Audio: 30-s segments for Whisper-large-v3, each with its frame mask.
+
+Waveforms: 1-D float arrays at 16 kHz. Output shapes: C = clips, W / S = windows / segments of all clips
+in order, M = mel bins, F = frames (100 per second).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from transformers import WhisperFeatureExtractor
+
+SAMPLE_RATE = 16000
+HOP = 160
+WINDOW_SECONDS = 30
+SILENCE_PEAK = 1e-4  # below this peak amplitude a clip is treated as silent (16-bit quantisation step ~3e-5)
+
+
+def extractor(n_mels: int = 128, seconds: int = WINDOW_SECONDS) -> WhisperFeatureExtractor:
+    """The feature extractor of all three models (16 kHz, n_fft 400, hop 160), padding to ``seconds``."""
+    return WhisperFeatureExtractor(feature_size=n_mels, sampling_rate=SAMPLE_RATE, hop_length=HOP, n_fft=400,
+                                   chunk_length=seconds)
+
+
+def check_clips(clips: Sequence[np.ndarray], max_seconds: float, model: str) -> list[np.ndarray]:
+    """Each clip as float32 1-D; raises a ValueError naming every empty, silent or too-long clip."""
+    out, problems = [], []
+    for i, clip in enumerate(clips):
+        clip = np.asarray(clip, np.float32)
+        if clip.ndim != 1:
+            problems.append(f"clip {i} has shape {clip.shape}; expected a 1-D 16 kHz waveform")
+        elif clip.size == 0:
+            problems.append(f"clip {i} is empty")
+        elif not np.isfinite(clip).all():
+            problems.append(f"clip {i} holds NaN or inf samples")
+        elif np.abs(clip).max() < SILENCE_PEAK:
+            problems.append(f"clip {i} is silent (peak {np.abs(clip).max():.1e} < {SILENCE_PEAK})")
+        elif clip.size > max_seconds * SAMPLE_RATE:
+            problems.append(f"clip {i} lasts {clip.size / SAMPLE_RATE:.1f} s; {model} accepts at most {max_seconds} s")
+        out.append(clip)
+    if problems:
+        raise ValueError("bad audio: " + "; ".join(problems))
+    return out
+
+
+def qwen2_5_omni(clips: Sequence[np.ndarray], n_mels: int = 128, max_seconds: int = 300,
+                 chunk_frames: int = 200) -> dict[str, np.ndarray]:
+    """-> input_features [C, M, F], feature_attention_mask [C, F] (F: longest clip in whole chunks)."""
+    clips = check_clips(clips, max_seconds, "Qwen2.5-Omni")
+    out = extractor(n_mels, max_seconds)(clips, sampling_rate=SAMPLE_RATE, padding="max_length",
+                                         return_attention_mask=True, return_tensors="np")
+    mask = out["attention_mask"].astype(np.int32)
+    keep = min(mask.shape[1], -(-int(mask.sum(1).max()) // chunk_frames) * chunk_frames)
+    return {"input_features": out["input_features"][..., :keep].astype(np.float32),
+            "feature_attention_mask": mask[:, :keep]}
+
+
+def _windows(clips, n_mels, max_windows, model):
+    clips = check_clips(clips, max_windows * WINDOW_SECONDS, model)
+    size = WINDOW_SECONDS * SAMPLE_RATE
+    pieces = [clip[s:s + size] for clip in clips for s in range(0, clip.size, size)]
+    per_clip = np.array([-(-clip.size // size) for clip in clips])
+    out = extractor(n_mels)(pieces, sampling_rate=SAMPLE_RATE, padding="max_length", return_attention_mask=True,
+                            return_tensors="np")
+    return out["input_features"].astype(np.float32), out["attention_mask"].astype(np.int32), per_clip
+
+
+def audio_flamingo3(clips: Sequence[np.ndarray], n_mels: int = 128, max_windows: int = 20) -> dict[str, np.ndarray]:
+    """-> input_features [W, M, 3000], input_features_mask [W, 3000], windows_per_clip [C], and
+    num_audio_tokens [C] counted as transformers' processor does (on each clip's summed frames; equal to
+    the model's per-window count because only a clip's last window can be partial)."""
+    feats, mask, per_clip = _windows(clips, n_mels, max_windows, "Audio Flamingo 3")
+    frames = np.add.reduceat(mask.sum(1), np.r_[0, np.cumsum(per_clip)[:-1]])
+    tokens = ((frames - 1) // 2 + 1 - 2) // 2 + 1
+    return {"input_features": feats, "input_features_mask": mask, "windows_per_clip": per_clip,
+            "num_audio_tokens": tokens}
+
+
+def kimi_audio(clips: Sequence[np.ndarray], n_mels: int = 128, max_segments: int = 20) -> dict[str, np.ndarray]:
+    """-> whisper_input_features [S, M, 3000], whisper_input_mask [S, 3000], segments_per_clip [C],
+    num_audio_tokens [C] (12.5 Hz: ceil(samples / 1280) per segment). ``max_segments`` is our bound (the
+    remote code sets none)."""
+    feats, mask, per_clip = _windows(clips, n_mels, max_segments, "Kimi-Audio (as configured)")
+    per_segment = -(-mask.sum(1) // 8)
+    tokens = np.add.reduceat(per_segment, np.r_[0, np.cumsum(per_clip)[:-1]])
+    return {"whisper_input_features": feats, "whisper_input_mask": mask, "segments_per_clip": per_clip,
+            "num_audio_tokens": tokens}

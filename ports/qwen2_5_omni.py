@@ -1,0 +1,179 @@
+"""Qwen2.5-Omni's thinker (audio + text in, text out) in Flax linen: audio tower -> splice -> shared decoder.
+
+The vision tower, the talker and token2wav are not ported (the study feeds audio and text only).
+With audio and text alone, Omni's M-RoPE gives three identical position rows, which is exactly 1-D RoPE
+over ``cumsum(attention_mask) - 1`` — the shared decoder's default positions.
+
+Shapes: B = prompts, T = prompt tokens, M = mel bins, F = mel frames, H = hidden size, V = vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from ports.audio import (
+    HF_BOOKKEEPING,
+    AudioEncoder,
+    AudioEncoderConfig,
+    check_clip_frames,
+    encoder_config_from_hf,
+    encoder_rules,
+    is_concrete,
+    splice,
+)
+from ports.config import DecoderConfig, UnsupportedConfigError
+from ports.decoder import Qwen2ForCausalLM
+from ports.rules import Rule, decoder_rules
+
+FULL, THINKER = "qwen2_5_omni", "qwen2_5_omni_thinker"
+# The thinker's own flag; the text config's tie_word_embeddings is the one the decoder reads.
+_BOOKKEEPING = HF_BOOKKEEPING | {"tie_word_embeddings"}
+# The parts of a hub config.json that belong to modules the port leaves out (see the module docstring).
+_FULL_SKIPPED = frozenset({"talker_config", "token2wav_config", "enable_audio_output", "enable_talker"})
+_THINKER_SKIPPED = frozenset({
+    "vision_config", "image_token_index", "video_token_index", "vision_start_token_id", "vision_end_token_id",
+    "vision_token_id", "position_id_per_seconds", "seconds_per_chunk", "user_token_id",
+})
+_THINKER_USED = frozenset({"model_type", "audio_config", "text_config", "audio_token_index",
+                           "audio_start_token_id", "audio_end_token_id"})
+# Omni's text config adds these to Qwen2's; none changes an audio+text forward pass.
+_TEXT_EXTRA_IGNORED = ("init_std", "rope_scaling")
+_AUDIO_NAMES = {"num_mel_bins": "num_mel_bins", "d_model": "d_model", "encoder_layers": "encoder_layers",
+                "encoder_attention_heads": "encoder_attention_heads", "encoder_ffn_dim": "encoder_ffn_dim",
+                "max_source_positions": "max_source_positions", "output_dim": "output_dim"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2_5OmniConfig:
+    """The thinker without vision. ``hf_prefix`` is where the thinker's tensors sit in the source
+    checkpoint (``thinker.`` in the hub's full model, empty for a ``save_pretrained`` thinker); the
+    forward pass does not use it."""
+
+    audio: AudioEncoderConfig
+    text: DecoderConfig
+    audio_token_id: int = 151646
+    audio_start_token_id: int = 151647
+    audio_end_token_id: int = 151648
+    hf_prefix: str = "thinker."
+
+    def __post_init__(self):
+        if self.audio.out_width != self.text.hidden_size:
+            raise ValueError(f"audio output_dim={self.audio.out_width} != text hidden_size={self.text.hidden_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "audio": self.audio.to_dict(), "text": self.text.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Qwen2_5OmniConfig:
+        d = dict(d)
+        return cls(audio=AudioEncoderConfig.from_dict(d.pop("audio")), text=DecoderConfig.from_dict(d.pop("text")),
+                   **d)
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any]) -> Qwen2_5OmniConfig:
+        """Reads the hub's full ``qwen2_5_omni`` config.json (its ``thinker_config``) or a bare thinker's."""
+        model_type = hf.get("model_type")
+        if model_type == FULL:
+            _refuse_unknown(hf, {"model_type", "thinker_config"} | _FULL_SKIPPED | _BOOKKEEPING, "config.json")
+            thinker, prefix = hf["thinker_config"], "thinker."
+        elif model_type == THINKER:
+            thinker, prefix = hf, ""
+        else:
+            raise UnsupportedConfigError(
+                f"config.json has model_type={model_type!r}; --model=qwen2_5_omni expects {FULL!r} (the hub "
+                f"checkpoint) or {THINKER!r} (a saved thinker)")
+        _refuse_unknown(thinker, _THINKER_USED | _THINKER_SKIPPED | _BOOKKEEPING, "thinker_config")
+        text = {k: v for k, v in thinker["text_config"].items() if k not in _TEXT_EXTRA_IGNORED}
+        rope = {**(thinker["text_config"].get("rope_scaling") or {}), **(text.get("rope_parameters") or {})}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise UnsupportedConfigError(f"text_config rope type {rope.get('rope_type')!r} is not implemented")
+        text_cfg = DecoderConfig.from_hf(text, "qwen2_5_omni_text")
+        if "mrope_section" in rope and 2 * sum(rope["mrope_section"]) != text_cfg.head_dim:
+            raise UnsupportedConfigError(f"mrope_section={rope['mrope_section']} does not cover head_dim="
+                                         f"{text_cfg.head_dim}; M-RoPE would not reduce to 1-D RoPE")
+        audio_hf = thinker["audio_config"]
+        audio = encoder_config_from_hf(audio_hf, names=_AUDIO_NAMES, ignored=frozenset({"n_window"}),
+                                       extra={"chunk_frames": 2 * audio_hf["n_window"], "positions": "sinusoidal",
+                                              "pool": True}, what="audio_config")
+        return cls(audio=audio, text=text_cfg, audio_token_id=thinker.get("audio_token_index", 151646),
+                   audio_start_token_id=thinker.get("audio_start_token_id", 151647),
+                   audio_end_token_id=thinker.get("audio_end_token_id", 151648), hf_prefix=prefix)
+
+
+def _refuse_unknown(hf: Mapping[str, Any], known: frozenset[str] | set[str], what: str) -> None:
+    unknown = sorted(set(hf) - set(known))
+    if unknown:
+        raise UnsupportedConfigError(f"{what} has attributes the qwen2_5_omni port does not know: {unknown}")
+
+
+class Qwen2_5OmniThinker(nn.Module):
+    """``audio_tower`` (chunked Whisper-style encoder) + ``language_model`` (the shared decoder)."""
+
+    config: Qwen2_5OmniConfig
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.audio_tower = AudioEncoder(self.config.audio, self.dtype)
+        self.language_model = Qwen2ForCausalLM(self.config.text, self.dtype)
+
+    def embed_inputs(self, input_ids, input_features=None, feature_attention_mask=None):
+        """input_ids [B, T]; input_features [C, M, F] with feature_attention_mask [C, F] (1 = valid frame,
+        right-padded; C clips, usually one per prompt) -> inputs_embeds [B, T, H].
+
+        The clips' audio tokens replace the ``<|AUDIO|>`` positions in order (as transformers does).
+        """
+        embeds = self.language_model.embed_inputs(input_ids)
+        placeholders = input_ids == self.config.audio_token_id
+        if input_features is None:
+            if is_concrete(input_ids) and np.asarray(placeholders).any():
+                raise ValueError("input_ids hold <|AUDIO|> placeholders but no input_features were given")
+            return embeds
+        if feature_attention_mask is None:
+            raise ValueError("feature_attention_mask [C, F] is required with input_features (the frame mask "
+                             "the feature extractor returns)")
+        check_clip_frames(feature_attention_mask, self.config.audio)
+        audio, valid = self.audio_tower(input_features, feature_attention_mask)
+        return splice(embeds, placeholders, audio, valid, "<|AUDIO|> placeholders")
+
+    def __call__(self, input_ids=None, input_features=None, feature_attention_mask=None, attention_mask=None,
+                 position_ids=None, inputs_embeds=None, interventions=None, logits_positions=None):
+        """Logits [B, T, V] (or [B, P, V] at ``logits_positions`` [B, P]).
+
+        Pass ``inputs_embeds`` (from :meth:`embed_inputs`) to skip the audio tower. ``attention_mask``
+        [B, T] (left or right padding), ``position_ids``, ``interventions``: as the shared decoder.
+        """
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids [B, T] (with the audio inputs) or inputs_embeds [B, T, H]")
+            inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, interventions=interventions,
+                                   logits_positions=logits_positions)
+
+
+def rules(config: Qwen2_5OmniConfig) -> tuple[Rule, ...]:
+    p = config.hf_prefix
+    return (decoder_rules(f"{p}model", f"{p}lm_head", "language_model/")
+            + encoder_rules(f"{p}audio_tower", "audio_tower/", config.audio, final_norm="ln_post"))
+
+
+# Known checkpoint keys that the port leaves out: the vision tower, the talker and token2wav (not part
+# of an audio+text thinker), and audio_bos_eos_token (stored by transformers but used by no forward pass).
+IGNORE = ("talker.*", "token2wav.*", "thinker.visual.*", "visual.*",
+          "thinker.audio_tower.audio_bos_eos_token.weight", "audio_tower.audio_bos_eos_token.weight")
+
+
+def init_inputs(config: Qwen2_5OmniConfig) -> dict[str, Any]:
+    """One 4-frame clip (one audio token) at one placeholder: creates every parameter."""
+    return {"input_ids": jnp.full((1, 1), config.audio_token_id, jnp.int32),
+            "input_features": jnp.zeros((1, config.audio.num_mel_bins, 4), jnp.float32),
+            "feature_attention_mask": jnp.ones((1, 4), jnp.int32)}
+
+
+__all__ = ["IGNORE", "Qwen2_5OmniConfig", "Qwen2_5OmniThinker", "init_inputs", "rules"]
