@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from esn_jax.stats import EmotionStats
-from ports.sites import SITES, Interventions
+from ports.sites import IDENTITY, SITES, Interventions, map_edits
 
 
 def _mask(mask, what: str = "mask") -> jnp.ndarray:
@@ -113,18 +113,16 @@ def at_positions(interventions: Interventions, positions) -> Interventions:
     pos = jnp.asarray(positions, bool)
     if pos.ndim != 2:
         raise ValueError(f"positions must be [B, T] bool; got shape {pos.shape}")
-    identity = {"scale": 1.0, "shift": 0.0}
-    out = {}
-    for site, edit in interventions.items():
-        out[site] = {}
-        for kind, value in edit.items():
-            value = jnp.asarray(value)
-            if value.ndim == 2:
-                value = value[:, None, None, :]
-            elif value.ndim != 4:
-                raise ValueError(f"{site}.{kind} has shape {value.shape}; expected [L, I] or [L, B, T, I]")
-            out[site][kind] = jnp.where(pos[None, :, :, None], value, identity[kind])
-    return out
+
+    def widen(site, kind, value):
+        value = jnp.asarray(value)
+        if value.ndim == 2:
+            value = value[:, None, None, :]
+        elif value.ndim != 4:
+            raise ValueError(f"{site}.{kind} has shape {value.shape}; expected [L, I] or [L, B, T, I]")
+        return jnp.where(pos[None, :, :, None], value, IDENTITY[kind])
+
+    return map_edits(widen, interventions)
 
 
 def stack(interventions: Sequence[Interventions]) -> Interventions:

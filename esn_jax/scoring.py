@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ports.sites import Interventions
+from ports.sites import IDENTITY, Interventions, map_edits
 
 LabelTokens = tuple[tuple[int, ...], ...]
 
@@ -77,20 +77,18 @@ def _extend_edits(interventions: Interventions, repeats: int, extra: int, batch:
 
     Appended (label) tokens get the identity edit; ``[L, I]``-style edits need nothing.
     """
-    identity = {"scale": 1.0, "shift": 0.0}
-    out = {}
-    for site, edit in interventions.items():
-        out[site] = {}
-        for kind, value in edit.items():
-            value = jnp.asarray(value)
-            if value.ndim == 4:
-                if value.shape[1] == batch and repeats > 1:
-                    value = jnp.repeat(value, repeats, axis=1)
-                if value.shape[2] == length and extra:
-                    pad = jnp.full((*value.shape[:2], extra, value.shape[3]), identity[kind], value.dtype)
-                    value = jnp.concatenate([value, pad], axis=2)
-            out[site][kind] = value
-    return out
+
+    def fit(site, kind, value):
+        value = jnp.asarray(value)
+        if value.ndim == 4:
+            if value.shape[1] == batch and repeats > 1:
+                value = jnp.repeat(value, repeats, axis=1)
+            if value.shape[2] == length and extra:
+                pad = jnp.full((*value.shape[:2], extra, value.shape[3]), IDENTITY[kind], value.dtype)
+                value = jnp.concatenate([value, pad], axis=2)
+        return value
+
+    return map_edits(fit, interventions)
 
 
 def score_labels(module, params, batch: Mapping[str, Any], label_token_ids: Sequence[Sequence[int]],

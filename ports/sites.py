@@ -26,6 +26,7 @@ import numpy as np
 
 SITES = ("gate_act", "mlp_in")
 EDITS = ("scale", "shift")
+IDENTITY = {"scale": 1.0, "shift": 0.0}  # the value of each edit that leaves a site unchanged
 
 Interventions = Mapping[str, Mapping[str, Any]]
 
@@ -41,6 +42,12 @@ class Site(nn.Module):
             if "shift" in edit:
                 x = x + edit["shift"].astype(x.dtype)
         return x
+
+
+def map_edits(fn, interventions: Interventions) -> dict[str, dict[str, Any]]:
+    """A new interventions tree with every edit array replaced by ``fn(site, kind, value)``."""
+    return {site: {kind: fn(site, kind, value) for kind, value in edit.items()}
+            for site, edit in interventions.items()}
 
 
 def check_interventions(interventions: Interventions, num_layers: int, batch_shape: tuple[int, ...],
