@@ -1,6 +1,7 @@
 r"""The project's main job.
 
-  python -m experiments.run_study --workdir=/tmp/esn_study [--config=configs/study.py:local]
+  python -m experiments.run_study --workdir=/tmp/esn_study [--config=configs/study.py:local] \
+      [--mesh=data:4,model:2] [--distributed]
 
 Today it runs the backbone end to end: a random Qwen2 decoder is written in the Hugging Face layout,
 converted back through the declarative table, loaded, run on left-padded prompts with its neuron sites
@@ -19,6 +20,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import ports
+from experiments import devices
+from ports import sharding
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(Path(__file__).resolve().parent.parent / "configs" / "study.py"), "Study configuration.")
@@ -40,7 +43,8 @@ def random_prompts(rng: np.random.Generator, n: int, max_len: int, vocab: int):
     return ids * mask, mask
 
 
-def run(cfg, workdir: Path) -> dict:
+def run(cfg, workdir: Path, mesh=None) -> dict:
+    """Runs the job into ``workdir``; ``mesh`` (ports.sharding) shards parameters and the batch."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = ports.DecoderConfig(**cfg.decoder.to_dict())
     rng = np.random.default_rng(cfg.seed)
@@ -54,15 +58,17 @@ def run(cfg, workdir: Path) -> dict:
         ports.export(cfg.model, config, init, hf_dir)
     if not ckpt_dir.exists():
         ports.convert(hf_dir, ckpt_dir, cfg.model)
-    module, params = ports.load(ckpt_dir)
+    module, params = ports.load(ckpt_dir, mesh=mesh)
     round_trip = max(float(jnp.abs(a - b).max())
                      for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(params), strict=True))
 
     # 2. Clean forward with the neuron sites captured; firing rate over real (unpadded) tokens.
-    last = np.full((len(ids), 1), ids.shape[1] - 1)  # left padding puts every prompt's end here
-    forward = jax.jit(lambda p, iv: module.apply({"params": p}, input_ids=ids, attention_mask=mask,
-                                                 interventions=iv, logits_positions=last))
-    _, state = jax.jit(lambda p: module.apply({"params": p}, input_ids=ids, attention_mask=mask,
+    batch = {"input_ids": ids, "attention_mask": mask,
+             "logits_positions": np.full((len(ids), 1), ids.shape[1] - 1)}  # left padding ends every prompt here
+    if mesh is not None:
+        batch = sharding.shard_batch(batch, mesh)
+    forward = jax.jit(lambda p, iv: module.apply({"params": p}, **batch, interventions=iv))
+    _, state = jax.jit(lambda p: module.apply({"params": p}, **batch,
                                               capture_intermediates=ports.capture_filter("gate_act")))(params)
     gate_act = ports.collect(state["intermediates"])["gate_act"]  # [L, B, T, I]
     real = mask.astype(bool)[None, :, :, None]
@@ -123,7 +129,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every write at INFO
     workdir = Path(_WORKDIR.value)
-    run(_CONFIG.value, workdir)
+    run(_CONFIG.value, workdir, devices.mesh_from_flags())
     print((workdir / "report.md").read_text())
     print(f"report: {workdir / 'report.md'}\nresults: {workdir / 'results.json'}")
 

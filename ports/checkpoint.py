@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from ports import sharding
 from ports.models import abstract_params, spec
 
 META = "port.json"
@@ -49,10 +50,12 @@ def save(out: str | Path, model: str, config, params: Any, overwrite: bool = Fal
     return out
 
 
-def load(path: str | Path, dtype=None):
+def load(path: str | Path, dtype=None, mesh=None):
     """Restores a converted checkpoint: returns ``(module, params)``.
 
     ``dtype`` (e.g. ``jnp.bfloat16``) casts parameters and computation; default: as stored.
+    ``mesh``: restore every parameter straight into its shard (:mod:`ports.sharding`), never whole on
+    one device.
     """
     path = Path(path).absolute()
     if not (path / META).exists():
@@ -62,6 +65,9 @@ def load(path: str | Path, dtype=None):
     config = spec(meta["model"]).config_cls.from_dict(meta["config"])
     dtype = jnp.dtype(dtype or meta["dtype"] or jnp.float32)
     module, abstract = abstract_params(meta["model"], config, dtype)
+    if mesh is not None:
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
+                                sharding.param_shardings(abstract, mesh))
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(path / PARAMS, abstract)
     return module, params
