@@ -22,7 +22,8 @@ DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.f
 
 def convert(hf_dir: str | Path, out: str | Path, model: str, dtype: str | None = None,
             overwrite: bool = False) -> Path:
-    """Converts ``hf_dir`` (config.json + safetensors) for ``model``; writes our checkpoint at ``out``.
+    """Converts ``hf_dir`` (config.json + safetensors, and the model's sub-checkpoint folders) for ``model``;
+    writes our checkpoint at ``out``.
 
     ``dtype``: one of DTYPES; default keeps the checkpoint's own dtype (that of its embeddings).
     """
@@ -33,8 +34,13 @@ def convert(hf_dir: str | Path, out: str | Path, model: str, dtype: str | None =
     config_path = hf_dir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{hf_dir} has no config.json; expected a Hugging Face checkpoint directory")
-    config = s.config_from_hf(json.loads(config_path.read_text()))
-    ckpt = SafetensorsCheckpoint(hf_dir)
+    missing = [f for f in s.subfolders if not (hf_dir / f / "config.json").exists()]
+    if missing:
+        raise FileNotFoundError(f"{hf_dir} lacks the sub-checkpoint folders {missing} (each with config.json + "
+                                f"safetensors) that --model={model} needs")
+    configs = [json.loads(p.read_text()) for p in [config_path, *(hf_dir / f / "config.json" for f in s.subfolders)]]
+    config = s.config_from_hf(*configs)
+    ckpt = SafetensorsCheckpoint(hf_dir, s.subfolders)
     rules = s.rules(config)
     target = np.dtype(DTYPES[dtype]) if dtype else ckpt.read(rules[0].hf).dtype
     _, abstract = abstract_params(model, config, target)

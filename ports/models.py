@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ports import audio_flamingo3, qwen2_5_omni
+from ports import audio_flamingo3, kimi_audio, qwen2_5_omni
 from ports.config import DecoderConfig
 from ports.decoder import Qwen2ForCausalLM
 from ports.rules import Rule, decoder_rules
@@ -21,11 +21,14 @@ class ModelSpec:
     """Everything the converter and the loader need to know about one model family."""
 
     config_cls: type
-    config_from_hf: Callable[[Mapping[str, Any]], Any]
+    # config.json, then each of ``subfolders``' config.json, as dicts -> our config
+    config_from_hf: Callable[..., Any]
     build: Callable[[Any, Any], nn.Module]  # (config, dtype) -> module
     rules: Callable[[Any], tuple[Rule, ...]]
     init_inputs: Callable[[Any], dict[str, jax.Array]]  # smallest inputs that create every parameter
     ignore: tuple[str, ...] = ()  # checkpoint keys that are known and carry nothing
+    # Sub-checkpoint folders of the directory (own config.json + safetensors); their keys read as <folder>/<key>.
+    subfolders: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -51,6 +54,15 @@ MODELS: dict[str, ModelSpec] = {
         build=lambda cfg, dtype: audio_flamingo3.AudioFlamingo3(cfg, dtype),
         rules=audio_flamingo3.rules,
         init_inputs=audio_flamingo3.init_inputs,
+    ),
+    "kimi_audio": ModelSpec(
+        config_cls=kimi_audio.KimiAudioConfig,
+        config_from_hf=kimi_audio.KimiAudioConfig.from_hf,
+        build=lambda cfg, dtype: kimi_audio.KimiAudio(cfg, dtype),
+        rules=kimi_audio.rules,
+        init_inputs=kimi_audio.init_inputs,
+        ignore=kimi_audio.IGNORE,
+        subfolders=(kimi_audio.WHISPER_DIR,),
     ),
 }
 

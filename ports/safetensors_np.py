@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_dtypes
@@ -89,38 +90,51 @@ class SafetensorsFile:
 
 
 class SafetensorsCheckpoint:
-    """All tensors of a checkpoint directory, by key: ``model.safetensors`` or an index plus shards."""
+    """All tensors of a checkpoint directory, by key: ``model.safetensors`` or an index plus shards.
 
-    def __init__(self, directory: str | Path):
+    ``subfolders`` name sub-checkpoints inside the directory (each its own single file or shards, e.g.
+    Kimi-Audio's ``whisper-large-v3/``); their keys are prefixed ``<folder>/`` so that one rule table
+    addresses the whole directory.
+    """
+
+    def __init__(self, directory: str | Path, subfolders: Sequence[str] = ()):
         self.directory = Path(directory)
-        index = self.directory / INDEX
-        if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            shards = sorted(set(weight_map.values()))
-            missing = [s for s in shards if not (self.directory / s).exists()]
-            if missing:
-                counts = {s: sum(v == s for v in weight_map.values()) for s in missing}
-                raise CheckpointFileError(
-                    f"{index} names shards that are not in {self.directory}: "
-                    + ", ".join(f"{s} ({counts[s]} tensors)" for s in missing))
-            files = {s: SafetensorsFile(self.directory / s) for s in shards}
-            absent = sorted(k for k, s in weight_map.items() if k not in files[s].entries)
-            if absent:
-                raise CheckpointFileError(f"{index} maps tensors to shards that do not hold them: {absent}")
-            self._where = {k: files[s] for k, s in weight_map.items()}
-        elif (self.directory / SINGLE).exists():
-            f = SafetensorsFile(self.directory / SINGLE)
-            self._where = dict.fromkeys(f.entries, f)
-        else:
-            raise CheckpointFileError(
-                f"{self.directory} has neither {SINGLE} nor {INDEX}; expected a Hugging Face checkpoint "
-                "directory (config.json + safetensors)")
+        self._where = {k: (f, k) for k, f in _files_by_key(self.directory).items()}
+        for folder in subfolders:
+            self._where.update({f"{folder}/{k}": (f, k) for k, f in _files_by_key(self.directory / folder).items()})
 
     def keys(self) -> list[str]:
         return sorted(self._where)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return self._where[key].shape(key)
+        f, k = self._where[key]
+        return f.shape(k)
 
     def read(self, key: str) -> np.ndarray:
-        return self._where[key].read(key)
+        f, k = self._where[key]
+        return f.read(k)
+
+
+def _files_by_key(directory: Path) -> dict[str, SafetensorsFile]:
+    """{key: the file holding it} for one directory's ``model.safetensors`` or index plus shards."""
+    index = directory / INDEX
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+        missing = [s for s in shards if not (directory / s).exists()]
+        if missing:
+            counts = {s: sum(v == s for v in weight_map.values()) for s in missing}
+            raise CheckpointFileError(
+                f"{index} names shards that are not in {directory}: "
+                + ", ".join(f"{s} ({counts[s]} tensors)" for s in missing))
+        files = {s: SafetensorsFile(directory / s) for s in shards}
+        absent = sorted(k for k, s in weight_map.items() if k not in files[s].entries)
+        if absent:
+            raise CheckpointFileError(f"{index} maps tensors to shards that do not hold them: {absent}")
+        return {k: files[s] for k, s in weight_map.items()}
+    if (directory / SINGLE).exists():
+        f = SafetensorsFile(directory / SINGLE)
+        return dict.fromkeys(f.entries, f)
+    raise CheckpointFileError(
+        f"{directory} has neither {SINGLE} nor {INDEX}; expected a Hugging Face checkpoint "
+        "directory (config.json + safetensors)")
