@@ -99,7 +99,7 @@ def score_labels(module, params, batch: Mapping[str, Any], label_token_ids: Sequ
     ``attention_mask`` [B, T], ...), optionally ``answer_positions`` [B].
     label_token_ids: N token-id sequences. A single-token label set costs one forward pass; with
     multi-token labels the prompt is embedded once and each row is run once per label with the label's
-    tokens, embedded by ``embed_inputs(input_ids=...)``, appended.
+    tokens, embedded by the port's ``embed_answer``, appended.
     interventions: see :mod:`ports.sites`; position-specific edits ``[L, B, T, I]`` cover the prompt.
     """
     labels = label_tokens(label_token_ids)
@@ -132,7 +132,7 @@ def _score_multi_token(module, params, model_kw, labels: LabelTokens, longest: i
     def rep(x):
         return jnp.repeat(x, n, axis=0)
 
-    label_embeds = module.apply({"params": params}, input_ids=forced, method="embed_inputs")
+    label_embeds = module.apply({"params": params}, forced, method="embed_answer")
     kw = {"inputs_embeds": jnp.concatenate([rep(model_kw["inputs_embeds"]),
                                             label_embeds.astype(model_kw["inputs_embeds"].dtype)], axis=1)}
     mask = model_kw.get("attention_mask")

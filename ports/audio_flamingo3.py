@@ -108,6 +108,10 @@ class AudioFlamingo3(nn.Module):
         self.multi_modal_projector = Projector(cfg.text.hidden_size, cfg.projector_bias, self.dtype)
         self.language_model = Qwen2ForCausalLM(cfg.text, self.dtype)
 
+    def embed_answer(self, answer_ids):
+        """answer_ids [B, M] -> [B, M, H] (see :meth:`ports.decoder.Qwen2ForCausalLM.embed_answer`)."""
+        return self.language_model.embed_answer(answer_ids)
+
     def embed_inputs(self, input_ids, input_features=None, input_features_mask=None):
         """input_ids [B, T]; input_features [W, M, F] and input_features_mask [W, F] (1 = valid frame) for
         every clip's windows in prompt order -> inputs_embeds [B, T, H]."""

@@ -179,3 +179,11 @@ class Qwen2ForCausalLM(nn.Module):
         encoder and the splicing), so that sweeps compute it once and call the port with inputs_embeds.
         """
         return self.model.embed_inputs(input_ids)
+
+    def embed_answer(self, answer_ids):
+        """answer_ids [B, M] -> [B, M, H]: the embeddings the model feeds itself while it writes a text answer.
+
+        Every port has this method; label scoring appends these after the prompt to teacher-force a
+        multi-token label (for Kimi-Audio the answer also runs in its audio stream, as blanks).
+        """
+        return self.model.embed_inputs(answer_ids)

@@ -54,6 +54,9 @@ class KimiAudioConfig:
     mimo_layers: int = 6
     mimo_from_layer: int = 21
     adaptor_input_dim: int = 5120
+    # <|im_kimia_text_blank|>: the audio stream's token under text. Not in config.json; 151666 in the released
+    # tokenizer as integrations report it; ports.prompts.kimi_audio_tokens reads the real one from the tokenizer.
+    text_blank_id: int = 151666
 
     def __post_init__(self):
         if self.adaptor_input_dim != STACK * self.whisper.d_model:
@@ -158,6 +161,16 @@ class KimiAudio(nn.Module):
         stacked, _ = stack_frames(frames, jnp.ones(frames.shape[:2], bool))
         valid = jnp.arange(stacked.shape[1])[None] < (-(-n_valid // (2 * STACK)))[:, None]
         return stacked, valid
+
+    def embed_answer(self, answer_ids):
+        """answer_ids [B, M] -> [B, M, H]: a text answer runs in the text stream over blanks in the audio stream
+        (the remote code's generation loop feeds <|im_kimia_text_blank|> there while it writes text)."""
+        blank = self.config.text_blank_id
+        if not 0 <= blank < self.config.text.vocab_size:  # an out-of-range id would be clamped silently
+            raise ValueError(f"text_blank_id={blank} is outside the vocabulary (size {self.config.text.vocab_size}); "
+                             "set it to the tokenizer's <|im_kimia_text_blank|> id")
+        embed = self.language_model.embed_inputs
+        return embed(answer_ids) + embed(jnp.full_like(answer_ids, blank))
 
     def embed_inputs(self, input_ids, text_input_ids=None, whisper_input_features=None, is_continuous_mask=None,
                      whisper_input_mask=None):

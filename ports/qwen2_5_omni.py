@@ -122,6 +122,10 @@ class Qwen2_5OmniThinker(nn.Module):
         self.audio_tower = AudioEncoder(self.config.audio, self.dtype)
         self.language_model = Qwen2ForCausalLM(self.config.text, self.dtype)
 
+    def embed_answer(self, answer_ids):
+        """answer_ids [B, M] -> [B, M, H] (see :meth:`ports.decoder.Qwen2ForCausalLM.embed_answer`)."""
+        return self.language_model.embed_answer(answer_ids)
+
     def embed_inputs(self, input_ids, input_features=None, feature_attention_mask=None):
         """input_ids [B, T]; input_features [C, M, F] with feature_attention_mask [C, F] (1 = valid frame,
         right-padded; C clips, usually one per prompt) -> inputs_embeds [B, T, H].

@@ -133,6 +133,29 @@ def test_mimo_branch_matches_qwen2_layers_from_the_branch_layer_output(kimi):
     assert jax.tree.leaves(params["mimo_layers"])[0].shape[0] == MIMO_LAYERS
 
 
+def test_multi_token_labels_are_scored_as_kimi_writes_text(kimi):
+    """A text answer runs in the text stream over blanks in the audio stream; scoring must teacher-force it so."""
+    import dataclasses
+
+    import esn_jax
+
+    module, params, _ = kimi
+    module = module.clone(config=dataclasses.replace(module.config, text_blank_id=7))
+    rng = np.random.default_rng(3)
+    audio_ids, text_ids = rng.integers(10, 96, (2, 6)), rng.integers(10, 96, (2, 6))
+    labels = [[20, 21, 22], [30]]
+    got = esn_jax.score_labels(module, params, {"input_ids": audio_ids, "text_input_ids": text_ids}, labels)
+    for j, label in enumerate(labels):
+        answer = np.tile(label[:-1], (2, 1)).astype(audio_ids.dtype)
+        logits = module.apply({"params": params}, input_ids=np.concatenate([audio_ids, np.full_like(answer, 7)], 1),
+                              text_input_ids=np.concatenate([text_ids, answer], 1))
+        logp = np.asarray(jax.nn.log_softmax(logits[:, 5:], -1))
+        want = sum(logp[:, i, token] for i, token in enumerate(label))
+        np.testing.assert_allclose(got[:, j], want, atol=1e-5)
+    with pytest.raises(ValueError, match="text_blank_id=151666 is outside the vocabulary"):
+        esn_jax.score_labels(kimi[0], params, {"input_ids": audio_ids, "text_input_ids": text_ids}, labels)
+
+
 WHISPER = dict(num_mel_bins=MEL, d_model=D, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=16,
                decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=16, max_source_positions=WIN // 2,
                vocab_size=40, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)

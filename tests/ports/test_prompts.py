@@ -10,24 +10,29 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from ports import features, prompts
 from ports.audio import output_lengths
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<sound>"]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<sound>",
+            *prompts.KIMI_TOKENS]
 WORDS = ["[UNK]", "system", "user", "assistant", "\n", " ", "Be", "brief.", "What", "emotion?", "Hi"]
 VOCAB = {t: i for i, t in enumerate(WORDS + SPECIALS)}
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
+def make_tokenizer(d, specials):
     """A word-level tokenizer (whitespace characters are tokens of their own) saved as tokenizer.json +
     tokenizer_config.json, loaded back through AutoTokenizer as a checkpoint's would be."""
-    d = tmp_path_factory.mktemp("tok")
-    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
+    vocab = {t: i for t, i in VOCAB.items() if t in WORDS or t in specials}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\s"), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(SPECIALS)
+    tok.add_special_tokens(specials)
     tok.save(str(d / "tokenizer.json"))
     (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
-                                                         "pad_token": "<|endoftext|>"}))
+                                                         "pad_token": "<|endoftext|>", "unk_token": "[UNK]"}))
     return prompts.load_tokenizer(d)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"), SPECIALS)
 
 
 def ids(*tokens):
@@ -91,3 +96,34 @@ def test_batch_is_left_padded(tokenizer):
     assert batch["input_ids"].tolist() == [[pad] * (width - len(rows[0])) + rows[0], rows[1]]
     assert batch["attention_mask"].tolist() == [[0] * (width - len(rows[0])) + [1] * len(rows[0]), [1] * width]
     assert (batch["input_ids"] == VOCAB["<sound>"]).sum(1).tolist() == counts
+
+
+def test_kimi_audio_streams(tokenizer):
+    codes = [900, 901, 902]
+    got = prompts.kimi_audio(tokenizer, "What emotion?", codes)
+    blank, question = VOCAB["<|im_kimia_text_blank|>"], ids("What", " ", "emotion?")
+    want_audio = [VOCAB["<|im_kimia_user_msg_start|>"], blank, blank, blank, VOCAB["<|im_media_begin|>"], *codes,
+                  VOCAB["<|im_media_end|>"], VOCAB["<|im_kimia_speech_ct_id|>"], VOCAB["<|im_msg_end|>"],
+                  VOCAB["<|im_kimia_assistant_msg_start|>"]]
+    want_text = [blank, *question, *[blank] * 8]
+    assert got["input_ids"].tolist() == want_audio
+    assert got["text_input_ids"].tolist() == want_text
+    assert got["is_continuous_mask"].tolist() == [False] * 5 + [True] * 3 + [False] * 4
+    with pytest.raises(ValueError, match="codes is empty"):
+        prompts.kimi_audio(tokenizer, "Hi", [])
+
+
+def test_kimi_audio_needs_its_control_tokens(tmp_path):
+    partial = make_tokenizer(tmp_path, [t for t in SPECIALS if t != "<|im_kimia_speech_ct_id|>"])
+    with pytest.raises(ValueError, match=r"lacks Kimi-Audio's control tokens \['<\|im_kimia_speech_ct_id\|>'\]"):
+        prompts.kimi_audio(partial, "Hi", [5])
+
+
+def test_left_pad_streams(tokenizer):
+    rows = [prompts.kimi_audio(tokenizer, "Hi", [900] * n) for n in (2, 5)]
+    batch = prompts.left_pad(rows, pad_id=0)
+    assert batch["input_ids"].shape == batch["text_input_ids"].shape == (2, 12)  # 1 + "Hi" + 1 + 5 codes + 4
+    assert batch["attention_mask"].tolist() == [[0] * 3 + [1] * 9, [1] * 12]
+    assert batch["is_continuous_mask"][0].tolist() == [False] * 3 + rows[0]["is_continuous_mask"].tolist()
+    assert batch["input_ids"][0, :3].tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(batch["text_input_ids"][0, 3:], rows[0]["text_input_ids"])
