@@ -43,7 +43,7 @@ def max_abs_diff(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "configs" / "models"  # the real 7B configs (DESIGN §3)
 
 
 def count_params(tree) -> int:

@@ -1,5 +1,7 @@
 """Sharded runs on 8 CPU devices give the numbers of one device: forward, statistics, mask sweeps, loading."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -8,7 +10,9 @@ from jax.sharding import PartitionSpec as P
 import esn_jax
 import ports
 from ports import sharding
+from ports.qwen2_5_omni import Qwen2_5OmniConfig
 from tests.ports import hf_fixtures
+from tests.ports.lalm_helpers import FIXTURES
 
 MESHES = [dict(data=8), dict(data=2, model=4), dict(variants=2, data=2, model=2)]
 LABELS = [[3], [5], [7], [11]]
@@ -71,12 +75,8 @@ def test_load_restores_straight_into_shards(tmp_path):
 
 
 def test_rules_split_every_large_matrix_of_a_7b_model():
-    import json
-    from pathlib import Path
 
-    from ports.qwen2_5_omni import Qwen2_5OmniConfig
-
-    hf = json.loads((Path(__file__).parent / "fixtures" / "qwen2_5_omni_7b.config.json").read_text())
+    hf = json.loads((FIXTURES / "qwen2_5_omni_7b.config.json").read_text())
     _, abstract = ports.models.abstract_params("qwen2_5_omni", Qwen2_5OmniConfig.from_hf(hf), np.float32)
     mesh = sharding.make_mesh(model=8)
     shardings = sharding.param_shardings(abstract, mesh)

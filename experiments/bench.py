@@ -1,0 +1,253 @@
+r"""Benchmarks against the PyTorch + transformers hook baseline, on one machine in one run.
+
+  python -m experiments.bench [--clips=4 --variants=8 --length=128]
+
+1. Matmul peak: float32 GEMMs in numpy and in JAX on this machine; the peak is the best of them.
+2. Equal work: N clips × V masks of label scoring on a Qwen2.5-0.5B-shaped random backbone — our
+   jit + vmapped sweep (esn_jax.score_variants) against transformers' Qwen2ForCausalLM carrying the
+   same weights, with forward_pre_hooks on every down_proj scaling its input, one mask at a time,
+   logits_to_keep=1. Both do the same FLOPs; the predictions are checked to agree.
+3. Memory: the peak resident-memory growth of collecting identification statistics for C clips —
+   streamed (esn_jax.update_stats) against a full activation cache (forward hooks storing gate_act,
+   as TransformerLens-style tooling does) — at two clip counts, each in a fresh process, after one
+   warm-up batch (compilation and first-touch of the weights are not capture memory).
+The study-stage comparison (ratio_study) needs the reference model of the study issue and is printed
+as nan until then. The last four lines are the ratios, one per line, in a fixed format.
+"""
+
+import gc
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+import esn_jax
+import ports
+
+_CLIPS = flags.DEFINE_integer("clips", 4, "N: clips (prompts) per batch in the equal-work comparison")
+_VARIANTS = flags.DEFINE_integer("variants", 8, "V: masks in the equal-work comparison")
+_LENGTH = flags.DEFINE_integer("length", 128, "tokens per clip")
+_CHUNK = flags.DEFINE_integer("chunk_size", 8, "variants per vmapped step of our sweep")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed repetitions; the best is kept")
+_MEMORY_CLIPS = flags.DEFINE_list("memory_clips", ["16", "64"], "clip counts of the memory comparison")
+_PROBE = flags.DEFINE_enum("probe", None, ["streaming", "cache"], "internal: run one memory probe and exit")
+
+# Qwen2.5-0.5B's shape (its config.json); the weights are random.
+QWEN2_5_0_5B = ports.DecoderConfig(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                   num_attention_heads=14, num_key_value_heads=2, head_dim=64, rope_theta=1e6,
+                                   tie_word_embeddings=True)
+LABELS = ((1000,), (2000,), (3000,), (4000,))  # four single-token "emotion" labels
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_peak() -> dict[str, float]:
+    """GFLOP/s of float32 GEMMs, best over sizes 2048 and 4096."""
+    out = {"numpy": 0.0, "jax": 0.0}
+    for n in (2048, 4096):
+        a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+        flops = 2 * n**3
+        out["numpy"] = max(out["numpy"], flops / best_time(lambda a=a: a @ a, 3) / 1e9)
+        x = jnp.asarray(a)
+        mm = jax.jit(lambda x: x @ x)
+        out["jax"] = max(out["jax"], flops / best_time(lambda x=x, mm=mm: mm(x).block_until_ready(), 3) / 1e9)
+    return out
+
+
+def forward_flops(cfg: ports.DecoderConfig, batch: int, length: int) -> float:
+    """FLOPs of one scoring forward: every projection, full attention matrices, the head at one position."""
+    qkv_o = cfg.hidden_size * cfg.head_dim * (2 * cfg.num_attention_heads + 2 * cfg.num_key_value_heads)
+    mlp = 3 * cfg.hidden_size * cfg.intermediate_size
+    attention = 2 * cfg.num_attention_heads * length * cfg.head_dim
+    per_token = 2 * cfg.num_hidden_layers * (qkv_o + mlp + attention)
+    return batch * (length * per_token + 2 * cfg.hidden_size * cfg.vocab_size)
+
+
+def random_model(cfg: ports.DecoderConfig, seed: int = 0):
+    module = ports.Qwen2ForCausalLM(cfg)
+    params = jax.jit(module.init)(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))["params"]
+    return module, params
+
+
+def torch_model(cfg: ports.DecoderConfig, params, directory: Path):
+    """The same weights in transformers' Qwen2ForCausalLM, through our export to the HF layout."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    ports.export("qwen2", cfg, params, directory)
+    torch.set_grad_enabled(False)
+    return Qwen2ForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+
+
+def prompts(cfg, clips: int, length: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(10, cfg.vocab_size, (clips, length)).astype(np.int32)
+
+
+def equal_work(cfg, module, params, model, ids, masks) -> dict[str, float]:
+    """Seconds for V masks × N clips, ours and the hook loop; checks that both predict alike."""
+    import torch
+
+    batch = {"input_ids": ids}
+    stacked = esn_jax.ablate(masks, site="mlp_in")
+
+    def ours():
+        return esn_jax.score_variants(module, params, batch, stacked, LABELS, _CHUNK.value).block_until_ready()
+
+    scales = [None]
+
+    def scale_input(layer):
+        def hook(_, args):
+            return (args[0] * scales[0][layer],)
+        return hook
+
+    for i, layer in enumerate(model.model.layers):
+        layer.mlp.down_proj.register_forward_pre_hook(scale_input(i))
+    label_ids = torch.tensor([t[0] for t in LABELS])
+    ids_t = torch.as_tensor(ids, dtype=torch.long)
+    keep = torch.as_tensor(1.0 - masks.astype(np.float32))
+
+    def theirs():
+        out = []
+        for v in range(len(masks)):
+            scales[0] = keep[v]
+            logits = model(input_ids=ids_t, logits_to_keep=1).logits[:, -1]
+            out.append(torch.log_softmax(logits, -1)[:, label_ids])
+        return torch.stack(out)
+
+    agree = float((np.asarray(ours()).argmax(-1) == theirs().numpy().argmax(-1)).mean())
+    return {"ours_s": best_time(ours, _REPEATS.value), "theirs_s": best_time(theirs, _REPEATS.value),
+            "prediction_agreement": agree}
+
+
+class PeakGrowth:
+    """Samples this process's resident memory every millisecond; ``bytes`` = peak minus the level at entry.
+
+    (``ru_maxrss`` cannot serve: model setup already set a higher peak than a small capture reaches.)
+    """
+
+    def __enter__(self):
+        gc.collect()
+        self.start = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+        self.bytes = self.peak - self.start
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def probe(kind: str, clips: int) -> None:
+    """One memory measurement in this fresh process: prints JSON with the peak RSS growth in bytes."""
+    cfg = QWEN2_5_0_5B
+    module, params = random_model(cfg)
+    ids = prompts(cfg, clips, _LENGTH.value, seed=1)
+    labels = np.arange(clips) % len(LABELS)
+    batch_size = 4
+    if kind == "streaming":
+        config = esn_jax.StatsConfig(success_filter=False)
+        stats = esn_jax.EmotionStats.zeros(len(LABELS), cfg.num_hidden_layers, cfg.intermediate_size, config)
+        warm, _ = esn_jax.update_stats(stats, module, params, {"input_ids": ids[:batch_size]}, labels[:batch_size],
+                                       LABELS, config)  # compiles, and touches every page the weights use
+        jax.block_until_ready(warm)
+        with PeakGrowth() as growth:
+            for start in range(0, clips, batch_size):
+                part = slice(start, start + batch_size)
+                stats, _ = esn_jax.update_stats(stats, module, params, {"input_ids": ids[part]}, labels[part],
+                                                LABELS, config)
+            jax.block_until_ready(stats)
+    else:
+        import torch
+
+        model = torch_model(cfg, params, Path(tempfile.mkdtemp()) / "hf")
+        cache = []
+        for layer in model.model.layers:
+            layer.mlp.act_fn.register_forward_hook(lambda _m, _a, out: cache.append(out.detach().clone()))
+        model(input_ids=torch.as_tensor(ids[:batch_size], dtype=torch.long), logits_to_keep=1)  # as the warm-up
+        cache.clear()
+        with PeakGrowth() as growth:
+            for start in range(0, clips, batch_size):
+                model(input_ids=torch.as_tensor(ids[start:start + batch_size], dtype=torch.long), logits_to_keep=1)
+    print(json.dumps({"kind": kind, "clips": clips, "peak_growth_bytes": growth.bytes}))
+
+
+def memory(clip_counts) -> dict:
+    out = {}
+    for clips in clip_counts:
+        for kind in ("streaming", "cache"):
+            run = subprocess.run([sys.executable, "-m", "experiments.bench", f"--probe={kind}",
+                                  f"--length={_LENGTH.value}", f"--memory_clips={clips}"],
+                                 capture_output=True, text=True, check=True)
+            out[(kind, clips)] = json.loads(run.stdout.strip().splitlines()[-1])["peak_growth_bytes"]
+    return out
+
+
+def main(argv):
+    del argv
+    if _PROBE.value:
+        probe(_PROBE.value, int(_MEMORY_CLIPS.value[0]))
+        return
+    cfg = QWEN2_5_0_5B
+    print(f"machine: {jax.devices()[0].platform}, jax {jax.__version__}")
+    peak = matmul_peak()
+    print(f"float32 matmul peak: numpy {peak['numpy']:.1f} GFLOP/s, jax {peak['jax']:.1f} GFLOP/s")
+
+    module, params = random_model(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = torch_model(cfg, params, Path(tmp) / "hf")
+    ids = prompts(cfg, _CLIPS.value, _LENGTH.value)
+    masks = np.random.default_rng(2).random((_VARIANTS.value, cfg.num_hidden_layers, cfg.intermediate_size)) < 0.01
+    work = equal_work(cfg, module, params, model, ids, masks)
+    flops = _VARIANTS.value * forward_flops(cfg, _CLIPS.value, _LENGTH.value)
+    ours_gflops, theirs_gflops = flops / work["ours_s"] / 1e9, flops / work["theirs_s"] / 1e9
+    print(f"equal work, Qwen2.5-0.5B shape, N={_CLIPS.value} clips × V={_VARIANTS.value} masks × "
+          f"T={_LENGTH.value} tokens ({flops / 1e12:.2f} TFLOP):")
+    print(f"  ours (jit + vmap, chunk {_CHUNK.value}): {work['ours_s']:.2f} s, {ours_gflops:.1f} GFLOP/s")
+    print(f"  transformers + hooks, mask by mask:  {work['theirs_s']:.2f} s, {theirs_gflops:.1f} GFLOP/s")
+    print(f"  prediction agreement: {work['prediction_agreement']:.3f}")
+
+    counts = [int(c) for c in _MEMORY_CLIPS.value]
+    mem = memory(counts)
+    print(f"statistics capture, peak RSS growth (T={_LENGTH.value}):")
+    for clips in counts:
+        print(f"  {clips:4d} clips: streamed {mem[('streaming', clips)] / 2**20:8.1f} MiB, "
+              f"full cache {mem[('cache', clips)] / 2**20:8.1f} MiB")
+    largest = max(counts)
+    print(f"ratio_equal_work={work['theirs_s'] / work['ours_s']:.3f}")
+    print("ratio_study=nan")
+    print(f"peak_fraction={ours_gflops / max(peak.values()):.3f}")
+    print(f"capture_memory_ratio={mem[('cache', largest)] / max(mem[('streaming', largest)], 1):.3f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
