@@ -13,12 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from absl import app
 
 import ports
 from esn_jax.data import FOUR, pipeline
+from esn_jax.data import prepare as prepare_data
 from esn_jax.data.synthetic_prosody import PROFILES
-from experiments import prepare_data
 from ports.audio import AudioEncoderConfig
 from ports.features import qwen2_5_omni
 from ports.qwen2_5_omni import Qwen2_5OmniConfig, Qwen2_5OmniThinker, init_inputs
@@ -64,7 +63,7 @@ def test_synthetic_prosody_cli_builds_the_same_waveforms_twice(tmp_path, tiny_di
     is deterministic from a fresh process), through the project command."""
     for out in ("a", "b"):
         subprocess.run([sys.executable, "-m", "experiments.prepare_data", "--dataset=synthetic_prosody",
-                        "--config=tiny", f"--data_dir={tmp_path / out}"], check=True, capture_output=True,
+                        "--builder_config=tiny", f"--data_dir={tmp_path / out}"], check=True, capture_output=True,
                        cwd=Path(__file__).resolve().parents[3])
     a, b, here = _all(str(tmp_path / "a")), _all(str(tmp_path / "b")), _all(tiny_dir)
     for split in a:
@@ -82,7 +81,7 @@ def test_prepare_data_reports_skips_and_requires_a_manual_dir(tmp_path):
     text = prepare_data.summary(builder)
     assert "skipped: 5" in text and "notes.wav: bad_name" in text and "1003_MTI_SAD_XX: empty" in text
     assert sum(s.num_examples for s in builder.info.splits.values()) == 6
-    with pytest.raises(app.UsageError, match="AudioWAV"):
+    with pytest.raises(ValueError, match="AudioWAV"):
         prepare_data.prepare("crema_d_local", data_dir=str(tmp_path / "out"))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ports
-from experiments import memory_plan
+from experiments import memory as memory_plan
 from ports import sharding
 
 TINY = ports.DecoderConfig(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
