@@ -105,6 +105,51 @@ class Qwen2_5OmniConfig:
                    audio_start_token_id=thinker.get("audio_start_token_id", 151647),
                    audio_end_token_id=thinker.get("audio_end_token_id", 151648), hf_prefix=prefix)
 
+    def to_hf(self) -> dict[str, Any]:
+        """A bare thinker's config.json (``Qwen2_5OmniThinkerConfig``; the inverse of :meth:`from_hf`).
+
+        Only the thinker layout is written (``hf_prefix=""``: keys without ``thinker.``); the hub's full
+        model would need the talker and token2wav, which the port lacks.
+        """
+        a, t = self.audio, self.text
+        problems = []
+        if self.hf_prefix:
+            problems.append(f"hf_prefix={self.hf_prefix!r} (export the bare thinker: dataclasses.replace(config, "
+                            "hf_prefix=''))")
+        if a.chunk_frames is None or a.positions != "sinusoidal" or not a.pool or a.output_dim is None:
+            problems.append("the audio encoder is not Omni's (chunked, sinusoidal positions, pooled, projected)")
+        if t.head_dim * t.num_attention_heads != t.hidden_size:
+            problems.append(f"head_dim={t.head_dim} != hidden_size / num_attention_heads (Omni's text config "
+                            "has no head_dim)")
+        if problems:
+            raise UnsupportedConfigError("cannot export as a Qwen2.5-Omni thinker: " + "; ".join(problems))
+        text = {k: v for k, v in t.to_hf().items() if k not in ("architectures", "head_dim")}
+        half = t.head_dim // 2
+        # Any split of the rotary half into M-RoPE's (temporal, height, width) sections is 1-D RoPE for
+        # audio + text (module docstring); this one scales the hub's [16, 24, 24] of 64.
+        section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+        text |= {"model_type": "qwen2_5_omni_text",
+                 "rope_parameters": {**text["rope_parameters"], "mrope_section": section}}
+        audio = {"model_type": "qwen2_5_omni_audio_encoder", "n_window": a.chunk_frames // 2,
+                 **{hf: getattr(a, ours) for ours, hf in _AUDIO_NAMES.items()}}
+        return {"model_type": THINKER, "architectures": ["Qwen2_5OmniThinkerForConditionalGeneration"],
+                "audio_config": audio, "text_config": text, "vision_config": _vision_stub(t.hidden_size),
+                "audio_token_index": self.audio_token_id, "audio_start_token_id": self.audio_start_token_id,
+                "audio_end_token_id": self.audio_end_token_id, **_VISION_IDS,
+                "tie_word_embeddings": t.tie_word_embeddings}
+
+
+# transformers builds a vision tower from vision_config (the hub's default is ~670M parameters); an export
+# has no vision weights, so a one-block stub keeps loading cheap (its random weights see no audio+text input).
+def _vision_stub(out_hidden_size: int) -> dict[str, Any]:
+    return {"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+            "out_hidden_size": out_hidden_size, "fullatt_block_indexes": [0]}
+
+
+# The hub's vision token ids. transformers' position ids (get_rope_index) read them; no audio+text prompt
+# holds them (in a small vocabulary they lie past its end).
+_VISION_IDS = {"image_token_index": 151655, "video_token_index": 151656, "vision_start_token_id": 151652}
+
 
 def _refuse_unknown(hf: Mapping[str, Any], known: frozenset[str] | set[str], what: str) -> None:
     unknown = sorted(set(hf) - set(known))
