@@ -1,25 +1,129 @@
-"""The study's configuration. ``--config=configs/study.py`` or ``--config=configs/study.py:local``.
+"""The ESN study's configuration: one source of truth for ``experiments/run_study.py``.
 
-For now the study is the backbone's end-to-end run (random tiny Qwen2 -> HF layout -> convert -> load
--> capture -> intervene); the full ESN study replaces it as the method and data land.
+  --config=configs/study.py                                   the reference model on synthetic_prosody
+  --config=configs/study.py:local                             a fast variant (CI, a first look)
+  --config=configs/study.py:model=qwen2_5_omni,checkpoint=/ckpt/omni_jax,tokenizer=/ckpt/Qwen2.5-Omni-7B,dataset=iemocap
+
+The argument is ``key=value`` pairs separated by commas (``local`` alone is ``local=true``); list values
+use ``+`` between items (``ks=0.005+0.01``, ``selectors=lap+cas``). Unknown keys raise a ValueError that
+lists the known ones. Empty strings mean "derive it": ``checkpoint`` from the package's reference model,
+``tokenizer`` from the checkpoint, ``labels`` / ``question`` / ``system`` from the checkpoint's
+``reference.json`` when it has one (else the dataset's four-class labels and a generic question).
 """
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import ml_collections
 
+# Where experiments/train_reference.py ships the trained model (esn_jax.reference.DEFAULT_DIR); a path,
+# not an import, so that reading the config stays cheap.
+REFERENCE_DIR = str(Path(__file__).resolve().parent.parent / "esn_jax" / "reference" / "model")
+SELECTORS = ("lap", "lape", "mad", "cas", "grad")  # the paper's four + gradient attribution
+MODELS = ("qwen2_5_omni", "audio_flamingo3", "kimi_audio")
+
+
+def defaults(local: bool = False) -> dict:
+    """Every key with its default; ``local`` shrinks the work (few items, few variants, few resamples)."""
+    return dict(
+        local=local,
+        model="qwen2_5_omni",
+        checkpoint=REFERENCE_DIR,
+        tokenizer="",  # default: the checkpoint directory
+        dtype="",  # default: as stored; e.g. bfloat16 for 7B models on accelerators
+        labels="",  # label words, '+'-separated, in the model's answer vocabulary
+        question="",
+        system="",
+        dataset="synthetic_prosody",
+        dataset_config="",  # tfds builder config (synthetic_prosody: small|large|tiny)
+        transfer_dataset="",  # a second dataset: select on `dataset`, intervene on this one
+        transfer_dataset_config="",
+        data_dir="",  # tfds data_dir; default ~/tensorflow_datasets
+        manual_dir="",  # the user's copy of a real corpus, if it still has to be built
+        view="four",  # four-class labels (emotion4), as the paper's IEMOCAP setup
+        id_split="train",  # identification statistics
+        eval_split="test",  # clean evaluation and every intervention
+        transfer_id_split="train",
+        transfer_eval_split="test",
+        max_id_items=24 if local else 320,  # 0 = the whole split; a seeded, label-stratified subset otherwise
+        max_eval_items=16 if local else 160,
+        batch_size=8 if local else 16,
+        buckets="4+8+16+30",  # seconds; one compiled shape per bucket
+        site="gate_act",
+        positions="all",
+        success_filter=True,
+        selectors="+".join(SELECTORS),
+        # Fractions of all L·I neurons (or counts >= 1). The reference model has only 2 × 256 neurons and
+        # shrugs off ablating 1 % of them; at 7B the paper's range is about 0.005+0.01+0.02.
+        ks="0.01+0.05" if local else "0.02+0.05+0.1",
+        main_k=1,  # index into ks of the k used for steering, agnostic injection, layers and transfer
+        alphas="1+4" if local else "1+2+4+8",
+        random_seeds="0+1",  # one matched random control per seed and mask
+        bootstrap=50 if local else 1000,
+        permutations=200 if local else 5000,
+        variant_chunk=16,  # interventions scored per compiled call
+        seed=0,
+    )
+
+
+_LISTS = {"selectors": str, "ks": float, "alphas": float, "random_seeds": int, "buckets": float, "labels": str}
+
+
+def parse_list(key: str, value: str) -> tuple:
+    """'a+b+c' -> a typed tuple for the list-valued keys (the config stores the string)."""
+    return tuple(_LISTS[key](v) for v in value.split("+") if v)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """arg: ``default`` or ``local`` (smaller, for tests and a first look)."""
-    if arg not in (None, "default", "local"):
-        raise ValueError(f"unknown config variant {arg!r}; expected 'default' or 'local'")
-    local = arg == "local"
-    cfg = ml_collections.ConfigDict()
-    cfg.seed = 0
-    cfg.model = "qwen2"
-    cfg.decoder = ml_collections.ConfigDict(dict(
-        vocab_size=256, hidden_size=32 if local else 64, intermediate_size=48 if local else 128,
-        num_hidden_layers=2 if local else 4, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=8 if local else 16, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False))
-    cfg.num_prompts = 8 if local else 32
-    cfg.max_prompt_len = 12 if local else 48
-    cfg.neurons_per_layer = 4 if local else 16  # ablated in the demonstration
+    """arg: None, ``local``, or ``key=value,...`` (see the module docstring)."""
+    pairs = {}
+    for part in filter(None, (arg or "").split(",")):
+        key, sep, value = part.partition("=")
+        pairs[key.strip()] = value.strip() if sep else "true"
+    local = pairs.pop("local", "false").lower() in ("1", "true", "yes")
+    values = defaults(local)
+    unknown = sorted(set(pairs) - set(values))
+    if unknown:
+        raise ValueError(f"unknown study config keys {unknown}; known keys: {sorted(values)}")
+    for key, raw in pairs.items():
+        default = values[key]
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(f"{key}={raw!r} is not a boolean")
+            values[key] = raw.lower() in ("1", "true", "yes")
+        elif isinstance(default, int):
+            values[key] = int(raw)
+        else:
+            values[key] = raw
+    cfg = ml_collections.ConfigDict(values)
+    validate(cfg)
     return cfg
+
+
+def validate(cfg) -> None:
+    """Raises a ValueError naming every bad value (run again on configs edited through --config.X flags)."""
+    problems = []
+    if cfg.model not in MODELS:
+        problems.append(f"model={cfg.model!r} (choose from {MODELS})")
+    bad = sorted(set(parse_list("selectors", cfg.selectors)) - set(SELECTORS))
+    if bad or not parse_list("selectors", cfg.selectors):
+        problems.append(f"selectors {bad or '(none)'} (choose from {SELECTORS})")
+    for key in ("ks", "alphas", "random_seeds", "buckets"):
+        try:
+            if not parse_list(key, getattr(cfg, key)):
+                problems.append(f"{key} is empty")
+        except ValueError as err:
+            problems.append(f"{key}={getattr(cfg, key)!r}: {err}")
+    if not problems:
+        if not 0 <= cfg.main_k < len(parse_list("ks", cfg.ks)):
+            problems.append(f"main_k={cfg.main_k} is not an index into ks={cfg.ks}")
+        if any(a < -1 for a in parse_list("alphas", cfg.alphas)):
+            problems.append(f"alphas={cfg.alphas}: a gain 1 + alpha must be >= 0")
+    if cfg.view not in ("four", "full"):
+        problems.append(f"view={cfg.view!r} (four or full)")
+    for key in ("batch_size", "bootstrap", "permutations", "variant_chunk"):
+        if getattr(cfg, key) < 1:
+            problems.append(f"{key}={getattr(cfg, key)} must be >= 1")
+    if problems:
+        raise ValueError("bad study config: " + "; ".join(problems))

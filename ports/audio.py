@@ -27,14 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ports.config import UnsupportedConfigError
+from ports.config import Config, UnsupportedConfigError
 from ports.rules import LAYER, LINEAR, Rule, identity
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, used by every Whisper-style encoder here
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioEncoderConfig:
+class AudioEncoderConfig(Config):
     """A Whisper-style encoder. Field names follow transformers' Whisper/Omni audio configs.
 
     chunk_frames: None = full-window regime; else the chunk length in mel frames (Omni: 2 * n_window).
@@ -73,13 +73,6 @@ class AudioEncoderConfig:
     @property
     def out_width(self) -> int:
         return self.output_dim or self.d_model
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AudioEncoderConfig:
-        return cls(**d)
 
 
 # Attributes every transformers config carries (bookkeeping, training, output switches): no forward effect.

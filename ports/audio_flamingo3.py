@@ -32,7 +32,7 @@ from ports.audio import (
     is_concrete,
     splice,
 )
-from ports.config import DecoderConfig, UnsupportedConfigError
+from ports.config import Config, DecoderConfig, UnsupportedConfigError
 from ports.decoder import Qwen2ForCausalLM
 from ports.rules import Rule, decoder_rules
 
@@ -45,20 +45,11 @@ _USED = frozenset({"model_type", "audio_config", "text_config", "audio_token_id"
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioFlamingo3Config:
+class AudioFlamingo3Config(Config):
     audio: AudioEncoderConfig
     text: DecoderConfig
     audio_token_id: int = 151669
     projector_bias: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "audio": self.audio.to_dict(), "text": self.text.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AudioFlamingo3Config:
-        d = dict(d)
-        return cls(audio=AudioEncoderConfig.from_dict(d.pop("audio")), text=DecoderConfig.from_dict(d.pop("text")),
-                   **d)
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any]) -> AudioFlamingo3Config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,8 +12,21 @@ class UnsupportedConfigError(ValueError):
     """A config.json asks for something this port does not implement."""
 
 
+class Config:
+    """``to_dict``/``from_dict`` (what port.json stores) for frozen dataclasses whose fields may be Configs."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: hints[k].from_dict(v) if isinstance(hints[k], type) and issubclass(hints[k], Config) else v
+                      for k, v in d.items()})
+
+
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(Config):
     """A Qwen2/Qwen2.5-style decoder (the language backbone of all three LALMs).
 
     Field names follow transformers' ``Qwen2Config`` where one exists.
@@ -35,13 +49,6 @@ class DecoderConfig:
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DecoderConfig:
-        return cls(**d)
 
     def to_hf(self) -> dict[str, Any]:
         """A transformers ``Qwen2Config`` dict for this decoder (the inverse of :meth:`from_hf`)."""

@@ -39,7 +39,7 @@ from ports.audio import (
     is_concrete,
     splice,
 )
-from ports.config import DecoderConfig, UnsupportedConfigError
+from ports.config import Config, DecoderConfig, UnsupportedConfigError
 from ports.decoder import DecoderLayer, Qwen2ForCausalLM, RMSNorm, rope_tables
 from ports.rules import LAYER, Rule, decoder_rules
 
@@ -48,7 +48,7 @@ WHISPER_DIR = "whisper-large-v3"
 
 
 @dataclasses.dataclass(frozen=True)
-class KimiAudioConfig:
+class KimiAudioConfig(Config):
     text: DecoderConfig
     whisper: AudioEncoderConfig
     mimo_layers: int = 6
@@ -64,15 +64,6 @@ class KimiAudioConfig:
                              f"{self.whisper.d_model}")
         if not 0 <= self.mimo_from_layer < self.text.num_hidden_layers:
             raise ValueError(f"mimo_from_layer={self.mimo_from_layer} is not a layer index")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "text": self.text.to_dict(), "whisper": self.whisper.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> KimiAudioConfig:
-        d = dict(d)
-        return cls(text=DecoderConfig.from_dict(d.pop("text")), whisper=AudioEncoderConfig.from_dict(d.pop("whisper")),
-                   **d)
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], whisper_hf: Mapping[str, Any]) -> KimiAudioConfig:

@@ -27,7 +27,7 @@ from ports.audio import (
     is_concrete,
     splice,
 )
-from ports.config import DecoderConfig, UnsupportedConfigError
+from ports.config import Config, DecoderConfig, UnsupportedConfigError
 from ports.decoder import Qwen2ForCausalLM
 from ports.rules import Rule, decoder_rules
 
@@ -50,7 +50,7 @@ _AUDIO_NAMES = {"num_mel_bins": "num_mel_bins", "d_model": "d_model", "encoder_l
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen2_5OmniConfig:
+class Qwen2_5OmniConfig(Config):
     """The thinker without vision. ``hf_prefix`` is where the thinker's tensors sit in the source
     checkpoint (``thinker.`` in the hub's full model, empty for a ``save_pretrained`` thinker); the
     forward pass does not use it."""
@@ -65,15 +65,6 @@ class Qwen2_5OmniConfig:
     def __post_init__(self):
         if self.audio.out_width != self.text.hidden_size:
             raise ValueError(f"audio output_dim={self.audio.out_width} != text hidden_size={self.text.hidden_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "audio": self.audio.to_dict(), "text": self.text.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Qwen2_5OmniConfig:
-        d = dict(d)
-        return cls(audio=AudioEncoderConfig.from_dict(d.pop("audio")), text=DecoderConfig.from_dict(d.pop("text")),
-                   **d)
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any]) -> Qwen2_5OmniConfig:

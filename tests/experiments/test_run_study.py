@@ -1,46 +1,275 @@
-"""The main job on its local configuration: files, internal consistency, rerun on the same workdir."""
+"""The study end to end on a tiny random Qwen2.5-Omni thinker (tests/experiments/tiny_reference.py) and the
+tiny synthetic_prosody corpus: structure and internal consistency of results.json and the report, resume
+after a kill, a sharded run, the config parser.
+
+Consistency checks recompute numbers from the saved predictions and masks with plain numpy (not with
+esn_jax.metrics), so a wrong metric call in the study would show up here.
+"""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
-from configs.study import get_config
-from experiments import run_study
+from configs.study import REFERENCE_DIR, get_config
+from esn_jax import reference
+from experiments.study.run import run
+from tests.experiments import tiny_reference
 
-
-def test_run_study_local(tmp_path):
-    results = run_study.run(get_config("local"), tmp_path)
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved == results
-    assert results["conversion_round_trip_max_abs_diff"] == 0.0
-    assert results["intervention_vs_weight_edit_max_abs_diff"] <= 1e-5
-    assert results["kl_clean_to_ablated"] > 0
-    assert len(results["mean_fire_rate_per_layer"]) == get_config("local").decoder.num_hidden_layers
-    assert "| neurons ablated per layer" in (tmp_path / "report.md").read_text()
-    # A second run reuses the checkpoints already in the workdir and reproduces every number.
-    assert run_study.run(get_config("local"), tmp_path) == results
+ROOT = Path(__file__).resolve().parents[2]
+FINDINGS = ("1", "2", "3", "4", "5", "6a", "6b")
 
 
-def test_command_line(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "experiments.run_study", f"--workdir={tmp_path}",
-                          "--config=configs/study.py:local", "--mesh=data:1"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert f"report: {tmp_path / 'report.md'}" in run.stdout
+def study_args(ref, data_dir, **extra) -> str:
+    # The stand-in is random, so the success filter would keep almost nothing: the test turns it off.
+    args = dict(checkpoint=ref, data_dir=data_dir, dataset_config="tiny", success_filter="false", buckets="4",
+                **extra)
+    return "local," + ",".join(f"{k}={v}" for k, v in args.items())
 
 
-def test_unknown_config_variant():
-    with pytest.raises(ValueError, match="unknown config variant 'huge'"):
-        get_config("huge")
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    return tiny_reference.build(root / "ref"), root / "tfds"
 
 
-def test_sharded_run_matches(tmp_path):
+@pytest.fixture(scope="module")
+def study(env, tmp_path_factory):
+    """One local run; the corpus does not exist yet, so the study builds it. Transfer goes to the tiny corpus'
+    other speakers (identification on its validation split)."""
+    ref, data_dir = env
+    cfg = get_config(study_args(ref, data_dir, transfer_dataset="synthetic_prosody", transfer_dataset_config="tiny",
+                                transfer_id_split="validation"))
+    workdir = tmp_path_factory.mktemp("run")
+    return cfg, workdir, run(cfg, workdir)
+
+
+def recall(labels, preds, c):
+    """Per-class recall [c], NaN without items: the definition, in numpy."""
+    return np.array([np.mean(preds[labels == i] == i) if (labels == i).any() else np.nan for i in range(c)])
+
+
+def test_files_and_report(study):
+    cfg, workdir, results = study
+    assert json.loads((workdir / "results.json").read_text()) == json.loads(json.dumps(results))
+    md = (workdir / "report.md").read_text()
+    html = (workdir / "report.html").read_text()
+    assert [f["id"] for f in results["findings"]] == list(FINDINGS)
+    for f in results["findings"]:
+        assert f["verdict"] in ("holds", "does not hold", "not tested")
+        assert f"| {f['id']} | {f['claim']} | **{f['verdict']}** |" in md
+        for fig in f["figures"]:
+            assert (workdir / fig).stat().st_size > 1000, fig
+            assert f"![{fig}]({fig})" in md
+    for s in results["selectors"]:
+        assert (workdir / f"deactivation_{s}.png").exists()
+    assert html.count("data:image/png;base64,") == md.count("![")
+    assert "<table>" in html and "Findings" in html
+
+
+def test_items_and_clean_evaluation(study, env):
+    cfg, workdir, results = study
+    pred = np.load(workdir / "predictions.npz")
+    labels = pred["labels"]
+    test = tfds.data_source("synthetic_prosody/tiny", split="test", data_dir=str(env[1]), download=False)
+    assert results["data"]["eval_items"] == len(labels) == min(len(test), cfg.max_eval_items)
+    assert sorted(pred["ids"].tolist()) == sorted(r["id"].decode() for r in test)  # every test item, once
+    names = tiny_reference.LABELS
+    by_id = {r["id"].decode(): names.index(r["label"].decode()) for r in test}
+    assert labels.tolist() == [by_id[i] for i in pred["ids"].tolist()]
+    assert (pred["clean_logp"].argmax(-1) == pred["clean_preds"]).all()
+    assert results["clean"]["accuracy"] == pytest.approx(np.mean(pred["clean_preds"] == labels))
+    assert results["identification"]["items_seen"] == results["identification"]["items_kept"]  # filter off
+    assert sum(results["identification"]["items_seen"]) == 8  # the tiny corpus' train split
+
+
+def test_deactivation_consistent_with_predictions(study):
+    cfg, workdir, results = study
+    pred = np.load(workdir / "predictions.npz")
+    labels, clean, deact = pred["labels"], pred["clean_preds"], pred["deactivate"]  # deact [S, K, 1 + R, E, N]
+    e = len(tiny_reference.LABELS)
+    base = recall(labels, clean, e)
+    ks = [f"{float(k):g}" for k in cfg.ks.split("+")]
+    assert deact.shape[:4] == (len(results["selectors"]), len(ks), 1 + len(cfg.random_seeds.split("+")), e)
+    for s, name in enumerate(results["selectors"]):
+        for j, k in enumerate(ks):
+            d = results["selectors"][name]["k"][k]["deactivation"]
+            delta = np.stack([recall(labels, deact[s, j, 0, m], e) - base for m in range(e)])
+            np.testing.assert_allclose(np.array(d["delta"], float), delta)
+            off = ~np.eye(e, dtype=bool)
+            cross = np.array([delta[m][off[m]].mean() for m in range(e)])
+            np.testing.assert_allclose(d["self"], np.diag(delta))
+            np.testing.assert_allclose(d["cross"], cross)
+            assert d["mean_specificity"] == pytest.approx(np.mean(np.diag(delta) - cross))
+            rnd = np.mean([[recall(labels, deact[s, j, r, m], e) - base for m in range(e)]
+                           for r in range(1, deact.shape[2])], axis=0)
+            np.testing.assert_allclose(np.array(d["random"]["delta"], float), rnd)
+            assert d["ci"][0] <= d["mean_specificity"] <= d["ci"][1]
+            assert 0 < d["p_permutation"] <= 1 and 0 < d["p_empirical"] <= 1
+
+
+def test_masks_and_random_controls(study):
+    cfg, workdir, results = study
+    m = np.load(workdir / "masks.npz")
+    masks = m["masks"]  # [S, K, 1 + R, E, L, I]
+    s_, k_, r1, e, layers, neurons = masks.shape
+    assert (layers, neurons) == (results["model"]["layers"], results["model"]["neurons"]) == (2, 64)
+    per_layer = masks.sum(-1)
+    assert (per_layer[:, :, 1:] == per_layer[:, :, :1]).all()  # matched count in every layer
+    for s, name in enumerate(results["selectors"]):
+        for j, k in enumerate(cfg.ks.split("+")):
+            counts = masks[s, j, 0].sum((1, 2))
+            if name != "lape":  # top-k selectors: round(k · L · I) per emotion
+                assert (counts == max(1, round(float(k) * layers * neurons))).all()
+            assert results["selectors"][name]["k"][f"{float(k):g}"]["count_per_emotion"] == counts.tolist()
+            for r in range(1, r1):  # controls are other neurons, drawn anew per seed
+                assert counts.sum() == 0 or not (masks[s, j, r] == masks[s, j, 0]).all()
+    main = int(cfg.main_k)
+    for s, name in enumerate(results["selectors"]):
+        assert results["layers"]["per_selector"][name] == masks[s, main, 0].sum((0, 2)).tolist()
+    jac = np.array(results["overlaps"]["selectors"], float)
+    assert np.allclose(np.diag(jac)[~np.isnan(np.diag(jac))], 1.0) and np.allclose(jac, jac.T, equal_nan=True)
+
+
+def test_steering_and_agnostic_consistent(study):
+    cfg, workdir, results = study
+    pred = np.load(workdir / "predictions.npz")
+    labels, clean, steer, agn = pred["labels"], pred["clean_preds"], pred["steer"], pred["agnostic"]
+    alphas = [float(a) for a in cfg.alphas.split("+")]
+    e = len(tiny_reference.LABELS)
+
+    def rate(p, t):
+        other = labels != t
+        return np.mean(p[other] == t)
+
+    for s, name in enumerate(results["selectors"]):
+        v = results["steering"][name]
+        assert v["alphas"] == [0.0, *alphas]
+        want = [np.mean([rate(clean, t) for t in range(e)])]
+        want += [np.mean([rate(steer[s, 0, a, t], t) for t in range(e)]) for a in range(len(alphas))]
+        np.testing.assert_allclose(v["mean_esn"], want)
+        uar = np.nanmean(recall(labels, clean, e))
+        for j, strategy in enumerate(("targeted", "union", "mix", "two_pass")):
+            got = results["agnostic"][name][strategy]["delta_uar"]
+            np.testing.assert_allclose(got, [np.nanmean(recall(labels, agn[s, j, a], e)) - uar
+                                             for a in range(len(alphas))])
+
+
+def test_transfer_consistent(study):
+    cfg, workdir, results = study
+    pred = np.load(workdir / "predictions.npz")
+    labels, clean, preds = pred["transfer_labels"], pred["transfer_clean_preds"], pred["transfer_preds"]
+    e = len(tiny_reference.LABELS)
+    base = recall(labels, clean, e)
+    off = ~np.eye(e, dtype=bool)
+
+    def spec(p):  # p [E, N] -> mean over emotions of self − cross
+        delta = np.stack([recall(labels, p[m], e) - base for m in range(e)])
+        return np.mean([delta[m, m] - delta[m][off[m]].mean() for m in range(e)])
+
+    t = results["transfer"]
+    assert t["eval_items"] == len(labels) == 8
+    main = np.load(workdir / "masks.npz")["masks"][:, int(cfg.main_k), 0]
+    for s, name in enumerate(results["selectors"]):
+        v = t["selectors"][name]
+        assert v["specificity_transferred"] == pytest.approx(spec(preds[s, 0]))
+        assert v["specificity_own"] == pytest.approx(spec(preds[s, 1]))
+        both = [(main[s, i] | pred["transfer_masks"][s, i]).sum() for i in range(e)]
+        if all(both):
+            assert v["jaccard"] == pytest.approx(np.mean([(main[s, i] & pred["transfer_masks"][s, i]).sum() / both[i]
+                                                          for i in range(e)]))
+    six_b = next(f for f in results["findings"] if f["id"] == "6b")
+    assert six_b["verdict"] != "not tested" and (workdir / "transfer.png").exists()
+
+
+def test_shipped_reference_with_success_filter(env, tmp_path):
+    """The default checkpoint (the trained reference model) through the study, success filter on: the items
+    kept per emotion are the identification items the clean model labels correctly."""
+    import esn_jax
+    import ports
+
+    cfg = get_config(f"local,data_dir={env[1]},dataset_config=tiny,buckets=4")
+    results = run(cfg, tmp_path)
+    module, params = ports.load(cfg.checkpoint)
+    label_ids = json.loads((Path(cfg.checkpoint) / "reference.json").read_text())["label_token_ids"]
+    correct = np.zeros(len(label_ids), int)
+    seen = np.zeros(len(label_ids), int)
+    for path in sorted((tmp_path / "runs").glob("*/batches/A_train/0*.npz")):
+        batch = dict(np.load(path))
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "valid", "ids")}
+        preds = np.asarray(esn_jax.score_labels(module, params, inputs, label_ids)).argmax(-1)
+        ok = (preds == batch["labels"]) & batch["valid"]
+        np.add.at(correct, batch["labels"][ok], 1)
+        np.add.at(seen, batch["labels"][batch["valid"]], 1)
+    assert results["identification"]["items_seen"] == seen.tolist() == [2, 2, 2, 2]
+    assert results["identification"]["items_kept"] == correct.tolist()
+    assert results["clean"]["accuracy"] > 0.5  # a trained model, not chance
+
+
+def _cli(workdir, args, crash=None):
+    env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest")
+    env.pop("ESN_STUDY_CRASH_AFTER", None)
+    if crash:
+        env["ESN_STUDY_CRASH_AFTER"] = crash
+    return subprocess.run([sys.executable, "-m", "experiments.run_study", f"--workdir={workdir}",
+                           f"--config=configs/study.py:{args}", "--mesh=data:1"], capture_output=True, text=True,
+                          cwd=ROOT, env=env)
+
+
+def test_resume_after_kill_gives_identical_results(env, study, tmp_path):
+    # Two batches per split, so that the crash points fall in the middle of stages.
+    args = study_args(*env, batch_size=4)
+    once = _cli(tmp_path / "once", args)
+    assert once.returncode == 0, once.stderr
+    assert f"report: {tmp_path / 'once' / 'report.md'}" in once.stdout and "finding 1:" in once.stdout
+    for crash in ("stats/A:0", "steer:0"):  # mid-statistics (running sums), mid per-batch stage
+        killed = _cli(tmp_path / "resumed", args, crash)
+        assert killed.returncode == 75, killed.stderr
+        assert not (tmp_path / "resumed" / "results.json").exists()
+        if crash.startswith("stats"):  # the running sums were saved after the first of the two batches
+            (stats,) = (tmp_path / "resumed" / "runs").glob("*/stats/A.npz")
+            assert int(np.load(stats)["next_batch"]) == 1
+    resumed = _cli(tmp_path / "resumed", args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "resumed" / "results.json").read_bytes() == (tmp_path / "once" / "results.json").read_bytes()
+    a, b = np.load(tmp_path / "once" / "predictions.npz"), np.load(tmp_path / "resumed" / "predictions.npz")
+    assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_sharded_run_matches(study, env, tmp_path):
     from ports import sharding
 
-    single = run_study.run(get_config("local"), tmp_path / "one")
-    sharded = run_study.run(get_config("local"), tmp_path / "mesh", sharding.make_mesh(data=2, model=2))
-    assert sharded.keys() == single.keys()
-    for key in ("kl_clean_to_ablated", "next_token_changed_fraction", "intervention_vs_weight_edit_max_abs_diff"):
-        assert sharded[key] == pytest.approx(single[key], abs=1e-4), key
-    assert sharded["mean_fire_rate_per_layer"] == single["mean_fire_rate_per_layer"]
+    cfg, workdir, results = study
+    sharded = run(cfg, tmp_path, sharding.make_mesh(data=2, model=2))
+    one, two = np.load(workdir / "predictions.npz"), np.load(tmp_path / "predictions.npz")
+    np.testing.assert_allclose(two["clean_logp"], one["clean_logp"], atol=1e-4)
+    assert sharded["identification"] == results["identification"]
+    # Near-ties may flip a few of thousands of masked predictions; nearly all must agree.
+    assert np.mean(two["deactivate"] == one["deactivate"]) > 0.95
+    lap = list(sharded["selectors"]).index("lap")
+    m1, m2 = np.load(workdir / "masks.npz")["masks"], np.load(tmp_path / "masks.npz")["masks"]
+    assert (m1[lap, :, 0] == m2[lap, :, 0]).mean() > 0.99
+
+
+def test_config():
+    default = get_config()
+    assert Path(default.checkpoint) == Path(REFERENCE_DIR) == reference.DEFAULT_DIR  # where the trained model ships
+    assert default.dataset == "synthetic_prosody" and not default.local
+    local = get_config("local")
+    assert local.local and local.max_id_items < default.max_id_items
+    cfg = get_config("model=audio_flamingo3,ks=0.1+0.2,main_k=0,success_filter=false,batch_size=4")
+    assert (cfg.model, cfg.ks, cfg.main_k, cfg.success_filter, cfg.batch_size) == ("audio_flamingo3", "0.1+0.2", 0,
+                                                                                   False, 4)
+    with pytest.raises(ValueError, match=r"unknown study config keys \['huge'\]; known keys: \["):
+        get_config("huge=1")
+    with pytest.raises(ValueError, match="selectors"):
+        get_config("selectors=lap+magic")
+    with pytest.raises(ValueError, match="main_k=3"):
+        get_config("ks=0.01,main_k=3")
+    with pytest.raises(ValueError, match="model="):
+        get_config("model=gpt")

@@ -1,0 +1,158 @@
+"""Model-specific glue for the study: loading a checkpoint with its tokenizer and label words, picking the
+items of a split, and turning pipeline batches into each model's prompt + feature inputs.
+
+Everything model-specific goes through :mod:`ports.prompts`, :mod:`ports.features` (via
+:mod:`esn_jax.data.pipeline`) and :func:`ports.load`; the stages only see ``Model`` and batch dicts.
+Batch dicts hold numpy arrays: the port's forward kwargs, plus ``labels`` [B] (index into the model's label
+words), ``valid`` [B] bool (False on the rows that fill a short last batch) and ``ids`` [B] str.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+import ports
+from configs.study import parse_list
+from esn_jax.data import BUILDERS, EMOTIONS, FOUR, pipeline
+from esn_jax.data.prepare import prepare
+from ports import prompts
+from ports.audio import output_lengths
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A loaded model and how to ask it. label_token_ids: one token sequence per label word [E]."""
+
+    name: str
+    module: object
+    params: object
+    tokenizer: object
+    labels: tuple[str, ...]
+    label_token_ids: tuple[tuple[int, ...], ...]
+    question: str
+    system: str | None
+    n_mels: int
+
+
+def default_question(labels: Sequence[str]) -> str:
+    return f"What emotion does the speaker express? Answer with one word: {', '.join(labels)}."
+
+
+def load_model(cfg, mesh=None) -> Model:
+    """The checkpoint (``ports.load``), its tokenizer and label words; ``reference.json`` fills what the
+    config leaves empty."""
+    ckpt = Path(cfg.checkpoint)
+    if not (ckpt / "port.json").exists():
+        raise FileNotFoundError(f"checkpoint={ckpt} has no port.json: train the reference model (python -m "
+                                "experiments.train_reference) or convert one (python -m experiments.convert)")
+    stored = json.loads((ckpt / "port.json").read_text())["model"]
+    if stored != cfg.model:
+        raise ValueError(f"model={cfg.model!r} but {ckpt} holds a {stored!r} checkpoint")
+    ref = json.loads((ckpt / "reference.json").read_text()) if (ckpt / "reference.json").exists() else {}
+    module, params = ports.load(ckpt, dtype=cfg.dtype or None, mesh=mesh)
+    tokenizer = prompts.load_tokenizer(cfg.tokenizer or ckpt)
+    labels = parse_list("labels", cfg.labels)
+    if labels:
+        token_ids = tuple(tuple(tokenizer.encode(w, add_special_tokens=False)) for w in labels)
+    elif ref:
+        labels, token_ids = tuple(ref["labels"]), tuple(tuple(ids) for ids in ref["label_token_ids"])
+    else:
+        labels = FOUR if cfg.view == "four" else EMOTIONS
+        token_ids = tuple(tuple(tokenizer.encode(w, add_special_tokens=False)) for w in labels)
+    if any(not ids for ids in token_ids):
+        raise ValueError(f"a label word encodes to no tokens: {dict(zip(labels, token_ids, strict=True))}")
+    system = cfg.system or ref.get("system") or None
+    n_mels = module.config.audio.num_mel_bins if hasattr(module.config, "audio") else 128
+    return Model(cfg.model, module, params, tokenizer, tuple(labels), token_ids,
+                 cfg.question or ref.get("question") or default_question(labels), system, n_mels)
+
+
+def ensure_dataset(name: str, config: str, data_dir: str, manual_dir: str) -> str:
+    """Builds the dataset when it is not there yet (synthetic_prosody needs nothing; real corpora need
+    ``manual_dir``); returns the name ``tfds.data_source`` reads."""
+    if name not in BUILDERS:
+        raise ValueError(f"dataset={name!r}; available: {sorted(BUILDERS)}")
+    builder = BUILDERS[name](data_dir=data_dir or None, config=config or None)
+    if not builder.is_prepared():
+        prepare(name, manual_dir or None, data_dir or None, config or None)
+    return f"{name}/{builder.builder_config.name}" if builder.builder_config else name
+
+
+def pick_items(examples, class_names: Sequence[str], labels: Sequence[str], max_items: int,
+               seed: int) -> list[pipeline.Example]:
+    """The examples whose class is one of the model's label words, relabelled to that word's index; at most
+    ``max_items`` (0 = all), drawn per class in turn from a seeded shuffle so that classes stay balanced."""
+    index = {w.strip().lower(): i for i, w in enumerate(labels)}
+    pool: dict[int, list] = {i: [] for i in range(len(labels))}
+    for ex in examples:
+        target = index.get(class_names[ex.label])
+        if target is not None:
+            pool[target].append(dataclasses.replace(ex, label=target))
+    rng = np.random.default_rng(seed)
+    queues = [[group[j] for j in rng.permutation(len(group))] for group in pool.values()]
+    limit = max_items or sum(map(len, queues))
+    picked = []
+    while len(picked) < limit and any(queues):
+        for q in queues:
+            if q and len(picked) < limit:
+                picked.append(q.pop(0))
+    if not picked:
+        raise ValueError(f"no item of the split has a class among the label words {list(labels)}")
+    return picked
+
+
+def read_items(cfg, model: Model, dataset: str, split: str, max_items: int, seed: int) -> list[pipeline.Example]:
+    """The picked items of a built split (see :func:`pick_items`)."""
+    names = FOUR if cfg.view == "four" else EMOTIONS
+    return pick_items(pipeline.read(dataset, split, cfg.data_dir or None, cfg.view), names, model.labels,
+                      max_items, seed)
+
+
+def batches(model: Model, examples: Sequence[pipeline.Example], cfg) -> Iterator[dict[str, np.ndarray]]:
+    """Fixed-shape model batches (one prompt length per bucket, so jit compiles once per bucket)."""
+    pcfg = pipeline.PipelineConfig(model=model.name, batch_size=cfg.batch_size,
+                                   buckets=parse_list("buckets", cfg.buckets), n_mels=model.n_mels)
+    for batch in pipeline.Batches(examples, pcfg):
+        yield {**prompt_inputs(model, batch), "labels": batch.labels, "valid": batch.valid,
+               "ids": np.array(batch.ids)}
+
+
+def _prompt(model: Model, n_audio: int) -> str:
+    if model.name == "qwen2_5_omni":
+        return prompts.qwen2_5_omni(model.question, n_audio, **({"system": model.system} if model.system else {}))
+    return prompts.audio_flamingo3(model.question, n_audio, **({"system": model.system} if model.system else {}))
+
+
+def prompt_inputs(model: Model, batch: pipeline.Batch) -> dict[str, np.ndarray]:
+    """A pipeline batch -> the port's forward kwargs: left-padded ids [B, T] and attention_mask [B, T] with T
+    fixed by the bucket, plus the features."""
+    feats = dict(batch.features)
+    if model.name == "qwen2_5_omni":
+        counts = output_lengths(feats["feature_attention_mask"].sum(1))
+    elif model.name == "audio_flamingo3":
+        counts = feats.pop("num_audio_tokens")
+        feats.pop("windows_per_clip")
+    else:
+        raise NotImplementedError("kimi_audio needs each clip's GLM-4-Voice codes, and that tokenizer is not "
+                                  "ported; the study runs qwen2_5_omni and audio_flamingo3")
+    tok = prompts.tokenize(model.tokenizer, [_prompt(model, int(n)) for n in counts])
+    # The longest prompt a clip of this bucket can give fixes T (audio tokens of a full bucket).
+    width = len(model.tokenizer.encode(_prompt(model, int(output_lengths(int(batch.seconds * 100)))),
+                                       add_special_tokens=False))
+    pad = width - tok["input_ids"].shape[1]
+    ids = np.pad(tok["input_ids"], ((0, 0), (pad, 0)), constant_values=model.tokenizer.pad_token_id)
+    mask = np.pad(tok["attention_mask"], ((0, 0), (pad, 0)))
+    return {"input_ids": ids, "attention_mask": mask, **feats}
+
+
+MODEL_INPUTS_EXCLUDED = ("labels", "valid", "ids")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The port's forward kwargs of a saved batch dict."""
+    return {k: v for k, v in batch.items() if k not in MODEL_INPUTS_EXCLUDED}

@@ -1,0 +1,227 @@
+"""report.md and report.html (one page, plots embedded) with the PNG plots, from results.json's dict.
+
+The report is a list of blocks rendered twice, so the Markdown and the HTML say the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments.study import stages  # noqa: E402
+
+
+def _num(x, fmt="+.3f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def plots(workdir: Path, r: dict) -> None:
+    """deactivation_<selector>.png, deactivation_bars.png, steering.png, agnostic.png, layers.png,
+    overlaps.png, and transfer.png when transfer was run."""
+    labels, k = r["model"]["labels"], r["main_k"]
+    sel = list(r["selectors"])
+    for s in sel:
+        d = r["selectors"][s]["k"][k]["deactivation"]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+        for ax, (title, m) in zip(axes, ((f"{s} ESNs", d["delta"]), ("matched random (mean)", d["random"]["delta"])),
+                                  strict=True):
+            m = np.array(m, dtype=float)
+            im = ax.imshow(m, cmap="RdBu", vmin=-1, vmax=1)
+            ax.set(title=title, xticks=range(len(labels)), yticks=range(len(labels)), xlabel="label emotion")
+            ax.set_xticklabels(labels, rotation=45)
+            ax.set_yticklabels(labels)
+            for (i, j), v in np.ndenumerate(m):
+                ax.text(j, i, "" if np.isnan(v) else f"{v:+.2f}", ha="center", va="center", fontsize=8)
+        axes[0].set_ylabel("ablated emotion's neurons")
+        fig.colorbar(im, ax=axes, label="Δ recall")
+        fig.savefig(workdir / f"deactivation_{s}.png", dpi=80, bbox_inches="tight")
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(sel)), 4))
+    x = np.arange(len(sel))
+    for i, (name, key, sub) in enumerate((("ESN self", "mean_self", None), ("ESN cross", "mean_cross", None),
+                                          ("random self", "mean_self", "random"),
+                                          ("random cross", "mean_cross", "random"))):
+        vals = [(r["selectors"][s]["k"][k]["deactivation"][sub] if sub else
+                 r["selectors"][s]["k"][k]["deactivation"])[key] or 0.0 for s in sel]
+        ax.bar(x + (i - 1.5) * 0.2, vals, 0.2, label=name)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set(xticks=x, ylabel="mean Δ recall", title=f"self vs cross deactivation (k={k})")
+    ax.set_xticklabels(sel)
+    ax.legend()
+    fig.savefig(workdir / "deactivation_bars.png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(sel), figsize=(3.2 * len(sel), 3.2), squeeze=False, sharey=True)
+    for ax, s in zip(axes[0], sel, strict=True):
+        v = r["steering"][s]
+        ax.plot(v["alphas"], [np.nan if y is None else y for y in v["mean_esn"]], "o-", label="ESN")
+        ax.plot(v["alphas"], [np.nan if y is None else y for y in v["mean_random"]], "s--", label="random")
+        ax.set(title=s, xlabel="α", xticks=v["alphas"])
+    axes[0, 0].set_ylabel("share predicted as the target")
+    axes[0, 0].legend()
+    fig.savefig(workdir / "steering.png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(sel), figsize=(3.2 * len(sel), 3.2), squeeze=False, sharey=True)
+    for ax, s in zip(axes[0], sel, strict=True):
+        for name, v in r["agnostic"][s].items():
+            if name != "clean_uar":
+                ax.plot(r["agnostic_alphas"], [np.nan if y is None else y for y in v["delta_uar"]], "o-", label=name)
+        ax.set(title=s, xlabel="α", xticks=r["agnostic_alphas"])
+    axes[0, 0].set_ylabel("ΔUAR vs clean")
+    axes[0, 0].legend(fontsize=7)
+    fig.savefig(workdir / "agnostic.png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(sel), figsize=(3.2 * len(sel), 3.2), squeeze=False)
+    for ax, s in zip(axes[0], sel, strict=True):
+        h = r["layers"]["per_selector"][s]
+        ax.bar(range(len(h)), h)
+        ax.set(title=s, xlabel="layer")
+    axes[0, 0].set_ylabel("selected neurons")
+    fig.savefig(workdir / "layers.png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4, 3.5))
+    m = np.array(r["overlaps"]["selectors"], dtype=float)
+    ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+    ax.set(xticks=range(len(sel)), yticks=range(len(sel)), title="Jaccard between selectors")
+    ax.set_xticklabels(sel, rotation=45)
+    ax.set_yticklabels(sel)
+    fig.savefig(workdir / "overlaps.png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+
+    if r["transfer"]:
+        t = r["transfer"]["selectors"]
+        fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(sel)), 3.5))
+        ax.bar(x - 0.2, [t[s]["specificity_own"] or 0.0 for s in sel], 0.4, label="own masks")
+        ax.bar(x + 0.2, [t[s]["specificity_transferred"] or 0.0 for s in sel], 0.4, label="transferred masks")
+        ax.set(xticks=x, ylabel="mean specificity", title=f"transfer to {r['transfer']['dataset']}")
+        ax.set_xticklabels(sel)
+        ax.legend()
+        fig.savefig(workdir / "transfer.png", dpi=80, bbox_inches="tight")
+        plt.close(fig)
+
+
+def blocks(r: dict) -> list[tuple]:
+    """The report as (kind, ...) blocks: ("h", level, text), ("p", text), ("table", header, rows), ("img", file)."""
+    k, labels = r["main_k"], r["model"]["labels"]
+    c = r["clean"]
+    out = [("h", 1, f"Emotion-sensitive neurons: {r['model']['name']} on {r['data']['dataset']}"),
+           ("p", f"Checkpoint `{r['model']['checkpoint']}` ({r['model']['layers']} layers × {r['model']['neurons']} "
+                 f"neurons), labels {', '.join(labels)}; config hash `{r['config_hash']}`. Identification on "
+                 f"`{r['data']['id_split']}` ({sum(r['identification']['items_kept'])} of "
+                 f"{sum(r['identification']['items_seen'])} items kept by the success filter"
+                 f"{'' if r['identification']['success_filter'] else ' — filter off'}), interventions on "
+                 f"`{r['data']['eval_split']}` ({r['data']['eval_items']} items). Main k = {k}."),
+           ("h", 2, "Findings"),
+           ("table", ["#", "claim (DESIGN §1)", "verdict", "evidence"],
+            [[f["id"], f["claim"], f"**{f['verdict']}**", f["evidence"]] for f in r["findings"]]),
+           ("h", 2, "Clean evaluation"),
+           ("p", f"accuracy {c['accuracy']:.3f}, UAR {c['uar']:.3f}, macro-F1 {c['macro_f1']:.3f}."),
+           ("table", ["label", "recall", *[f"→ {w}" for w in labels]],
+            [[w, _num(c["recall"][i], ".3f"), *map(str, c["confusion"][i])] for i, w in enumerate(labels)]),
+           ("h", 2, "Deactivation (ablation) by selector and k"),
+           ("p", "Δ = recall with the emotion's neurons ablated − clean recall; self = own emotion, cross = mean "
+                 "over the others, specificity = self − cross (negative = specific). Random = matched controls "
+                 "(same count per layer), one per seed. CI: bootstrap over items; p_perm: paired permutation test "
+                 "of ESN vs random correctness on each item's own emotion."),
+           ("table", ["selector", "k", "neurons/emotion", "self", "cross", "specificity [95% CI]", "random spec.",
+                      "p_emp", "p_perm"],
+            [[s, kk, str(v["count_per_emotion"]), _num(d["mean_self"]), _num(d["mean_cross"]),
+              f"{_num(d['mean_specificity'])} [{_num(d['ci'][0])}, {_num(d['ci'][1])}]",
+              _num(d["random"]["mean_specificity"]), _num(d["p_empirical"], ".3g"), _num(d["p_permutation"], ".3g")]
+             for s in r["selectors"] for kk, v in r["selectors"][s]["k"].items() for d in [v["deactivation"]]]),
+           ("img", "deactivation_bars.png")]
+    out += [("img", f"deactivation_{s}.png") for s in r["selectors"]]
+    out += [("h", 2, "Steering (gain ×(1+α))"),
+            ("p", "Share of items whose label is not e predicted as e, mean over e; α = 0 is the clean model."),
+            ("table", ["selector", *[f"α={a:g}" for a in next(iter(r["steering"].values()))["alphas"]],
+                       "random at max α", "Spearman ρ", "ESN − random at max α [95% CI]"],
+             [[s, *[_num(y, ".3f") for y in v["mean_esn"]], _num(v["mean_random"][-1], ".3f"),
+               _num(v["spearman"], "+.2f"), f"{_num(v['gap_at_max_alpha'])} [{_num(v['gap_ci'][0])}, "
+                                             f"{_num(v['gap_ci'][1])}]"] for s, v in r["steering"].items()]),
+            ("img", "steering.png"),
+            ("h", 2, "Agnostic vs targeted injection"),
+            ("p", "ΔUAR vs the clean model per α. Targeted: each item gets its true emotion's mask (an oracle); "
+                  "Union: all emotions' neurons; Mix: equal-weight mix; 2-Pass: the clean prediction's mask."),
+            ("table", ["selector", "strategy", *[f"α={a:g}" for a in r["agnostic_alphas"]]],
+             [[s, name, *[_num(y) for y in v["delta_uar"]]] for s, a in r["agnostic"].items()
+              for name, v in a.items() if name != "clean_uar"]),
+            ("img", "agnostic.png"),
+            ("h", 2, "Layers and overlaps"),
+            ("table", ["selector", *[str(i) for i in range(r["model"]["layers"])]],
+             [[s, *map(str, h)] for s, h in r["layers"]["per_selector"].items()]),
+            ("img", "layers.png"),
+            ("table", ["Jaccard", *r["selectors"]],
+             [[s, *[_num(x, ".2f") for x in row]] for s, row in zip(r["selectors"], r["overlaps"]["selectors"],
+                                                                       strict=True)]),
+            ("img", "overlaps.png")]
+    if r["transfer"]:
+        t = r["transfer"]
+        out += [("h", 2, f"Cross-dataset transfer to {t['dataset']}"),
+                ("table", ["selector", "own specificity", "transferred", "ratio", "Jaccard A–B"],
+                 [[s, _num(v["specificity_own"]), _num(v["specificity_transferred"]), _num(v["ratio"], ".2f"),
+                   _num(v["jaccard"], ".2f")] for s, v in t["selectors"].items()]),
+                ("img", "transfer.png")]
+    out.append(("p", "Every number is in results.json; predictions.npz and masks.npz hold the raw predictions and "
+                     "masks they come from."))
+    return out
+
+
+def markdown(bl: list[tuple]) -> str:
+    lines = []
+    for b in bl:
+        if b[0] == "h":
+            lines += ["#" * b[1] + " " + b[2], ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "table":
+            lines += ["| " + " | ".join(b[1]) + " |", "|" + "---|" * len(b[1])]
+            lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in b[2]] + [""]
+        else:
+            lines += [f"![{b[1]}]({b[1]})", ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    """Escapes text and renders the two Markdown marks the blocks use (**bold**, `code`)."""
+    parts = html.escape(text).split("**")
+    text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def html_page(bl: list[tuple], workdir: Path) -> str:
+    body = []
+    for b in bl:
+        if b[0] == "h":
+            body.append(f"<h{b[1]}>{_inline(b[2])}</h{b[1]}>")
+        elif b[0] == "p":
+            body.append(f"<p>{_inline(b[1])}</p>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>" for row in b[2])
+            body.append(f"<table><tr>{head}</tr>{rows}</table>")
+        else:
+            data = base64.b64encode((workdir / b[1]).read_bytes()).decode()
+            body.append(f'<p><img alt="{b[1]}" src="data:image/png;base64,{data}"></p>')
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ESN study</title><style>{style}</style>"
+            f"</head><body>{''.join(body)}</body></html>\n")
+
+
+def write(workdir: Path, r: dict) -> None:
+    plots(workdir, r)
+    bl = blocks(r)
+    stages.write_atomically(workdir / "report.md", markdown(bl).encode())
+    stages.write_atomically(workdir / "report.html", html_page(bl, workdir).encode())
