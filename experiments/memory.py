@@ -4,7 +4,8 @@ activations of the scoring pass — and the largest batch × variants that fits 
 Nothing is typed by hand but the slices' memory sizes: parameter bytes come from ``jax.eval_shape`` and
 the sharding rules (:mod:`ports.sharding`); the activation bytes of one scoring pass come from XLA's own
 memory analysis of the compiled, sharded decoder forward (compiled for 8 CPU devices standing in for the
-accelerators; nothing is allocated) at two batch sizes, fitted as fixed + per-sequence bytes. Audio
+accelerators; nothing is allocated) at two batch sizes, fitted as fixed + per-sequence bytes, compiled
+in float32 and scaled to the planned dtype (see :func:`activation_bytes`). Audio
 encoders run once per clip outside the variant axis and are counted in the parameters only.
 """
 
@@ -73,8 +74,17 @@ def activation_bytes(model: str, config, mesh, length: int, dtype) -> tuple[floa
     """(fixed, per-sequence) temporary bytes per device of one scoring forward, from XLA's memory analysis.
 
     The forward runs the decoder on inputs_embeds [b, T, H] with logits at the answer position only,
-    sharded as the study shards it (batch over ``data``, parameters by the rules).
+    sharded as the study shards it (batch over ``data``, parameters by the rules). It is compiled in
+    float32 and scaled to ``dtype``'s size: the CPU backend standing in for the accelerators upcasts
+    bfloat16 matmuls (weights included) to float32 temporaries, which GPUs and TPUs do not.
     """
+    scale = np.dtype(dtype).itemsize / 4
+    fixed, per_seq = _float32_activation_bytes(model, config, mesh, length)
+    return fixed * scale, per_seq * scale
+
+
+def _float32_activation_bytes(model: str, config, mesh, length: int) -> tuple[float, float]:
+    dtype = jnp.dtype(jnp.float32)
     module, abstract = abstract_params(model, config, dtype)
     shardings = sharding.param_shardings(abstract, mesh)
     params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
