@@ -97,3 +97,26 @@ def collect(intermediates: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
 
     walk(intermediates)
     return found
+
+
+def fold(params: Mapping[str, Any], scale) -> dict[str, Any]:
+    """The weight edit equal to ``{site: {"scale": scale}}`` at either site: params with row ``n`` of layer
+    ``l``'s down_proj kernel multiplied by ``scale[l, n]``. scale [L, I] (one value per neuron, every
+    position alike; a ``shift`` has no weight to fold into: down_proj has no bias)."""
+    scale = np.asarray(scale)
+
+    def edit(tree, path=()):
+        out = {}
+        for key, sub in tree.items():
+            if isinstance(sub, Mapping):
+                out[key] = edit(sub, (*path, key))
+            elif (*path, key)[-4:] == ("layers", "mlp", "down_proj", "kernel"):  # the decoder's, not Kimi's MIMO
+                if scale.shape != tuple(np.shape(sub)[:2]):
+                    raise ValueError(f"scale has shape {scale.shape}; the down_proj kernel needs [L, I] = "
+                                     f"{list(np.shape(sub)[:2])}")
+                out[key] = sub * scale[:, :, None].astype(sub.dtype)
+            else:
+                out[key] = sub
+        return out
+
+    return edit(params)

@@ -1,0 +1,62 @@
+r"""Writes an intervened model: ablation or gain on one emotion's neurons, folded into down_proj's weights.
+
+  python -m experiments.export --masks=workdir/study/masks.npz --selector=grad --k=0.05 --emotion=happy \
+      --alpha=-1 --out=/tmp/ablated [--hf_out=/tmp/ablated_hf] [--checkpoint=esn_jax/reference/model]
+
+Scaling neuron n of layer l by 1 + α equals scaling row n of that layer's down_proj kernel (DESIGN §2),
+so the edited model is an ordinary checkpoint: ours (``ports.load``) and, with --hf_out, the Hugging Face
+layout that transformers and any stack serving it can load. α = -1 ablates.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+import ports
+from esn_jax import interventions
+from esn_jax.reference import DEFAULT_DIR, META
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", str(DEFAULT_DIR), "Our checkpoint directory to edit.")
+_MASKS = flags.DEFINE_string("masks", None, "masks.npz of a study run (bool [S, K, 1 + R, E, L, I]).")
+_SELECTOR = flags.DEFINE_string("selector", "grad", "Which selector's masks.")
+_K = flags.DEFINE_float("k", 0.05, "Which k (as in the study's ks).")
+_EMOTION = flags.DEFINE_string("emotion", None, "Label word (from reference.json) or index of the emotion.")
+_ALPHA = flags.DEFINE_float("alpha", -1.0, "Gain 1 + alpha on the neurons; -1 ablates.")
+_OUT = flags.DEFINE_string("out", None, "Where to write our checkpoint.")
+_HF_OUT = flags.DEFINE_string("hf_out", None, "Also write the Hugging Face layout here.")
+flags.mark_flags_as_required(["masks", "emotion", "out"])
+
+
+def chosen_mask(masks_file: str, selector: str, k: float, emotion: str, labels: list[str]) -> np.ndarray:
+    """The study's ESN mask [L, I] of ``selector`` at ``k`` for ``emotion`` (a label word or an index)."""
+    z = np.load(masks_file)
+    selectors, ks = [str(s) for s in z["selectors"]], [float(x) for x in z["ks"]]
+    if selector not in selectors:
+        raise ValueError(f"selector {selector!r} is not in {masks_file}: {selectors}")
+    if k not in ks:
+        raise ValueError(f"k={k} is not in {masks_file}: {ks}")
+    e = int(emotion) if emotion.isdigit() else (labels.index(emotion) if emotion in labels else -1)
+    if not 0 <= e < z["masks"].shape[3]:
+        raise ValueError(f"emotion {emotion!r} is neither one of {labels} nor an index below {z['masks'].shape[3]}")
+    return z["masks"][selectors.index(selector), ks.index(k), 0, e]  # 0: the ESNs, not a random control
+
+
+def main(argv):
+    del argv
+    checkpoint = Path(_CHECKPOINT.value)
+    meta = json.loads((checkpoint / META).read_text()) if (checkpoint / META).exists() else {}
+    model_name = json.loads((checkpoint / ports.checkpoint.META).read_text())["model"]
+    module, params = ports.load(checkpoint)
+    mask = chosen_mask(_MASKS.value, _SELECTOR.value, _K.value, _EMOTION.value, list(meta.get("labels", [])))
+    scale = np.asarray(interventions.gain(mask, _ALPHA.value)["gate_act"]["scale"])
+    edited = ports.sites.fold(params, scale)
+    print(f"wrote {ports.save(_OUT.value, model_name, module.config, edited)} ({int(mask.sum())} neurons, "
+          f"gain {1 + _ALPHA.value:g})")
+    if _HF_OUT.value:
+        print(f"wrote {ports.export(model_name, module.config, edited, _HF_OUT.value)}")
+
+
+if __name__ == "__main__":
+    app.run(main)
