@@ -6,10 +6,12 @@ only once complete, so a failed or killed write never leaves a half-written chec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +26,35 @@ META = "port.json"
 PARAMS = "params"
 
 
-def save(out: str | Path, model: str, config, params: Any, overwrite: bool = False) -> Path:
-    """Writes ``params`` (a nested dict of arrays) for ``model`` with ``config`` at ``out``."""
+@contextlib.contextmanager
+def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yields an empty temporary directory beside ``out``; when the block succeeds it replaces ``out`` by a
+    rename, when it fails it is removed. ``out`` is never seen half-written."""
     out = Path(out).absolute()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    dtypes = {str(x.dtype) for x in jax.tree.leaves(params)}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        (tmp / "new").mkdir()
+        yield tmp / "new"
+        if out.exists():  # moved aside, then removed with tmp
+            os.replace(out, tmp / "old")
+        os.replace(tmp / "new", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save(out: str | Path, model: str, config, params: Any, overwrite: bool = False) -> Path:
+    """Writes ``params`` (a nested dict of arrays) for ``model`` with ``config`` at ``out``, atomically."""
+    dtypes = {str(x.dtype) for x in jax.tree.leaves(params)}
+    with atomic_directory(out, overwrite) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS, params)
             ckptr.wait_until_finished()
         meta = {"model": model, "config": config.to_dict(), "dtype": dtypes.pop() if len(dtypes) == 1 else None}
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out).absolute()
 
 
 def load(path: str | Path, dtype=None, mesh=None):

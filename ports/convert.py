@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import ml_dtypes
@@ -50,23 +47,14 @@ def convert(hf_dir: str | Path, out: str | Path, model: str, dtype: str | None =
     return checkpoint.save(out, model, config, params, overwrite=overwrite)
 
 
-def export(model: str, config, params, out: str | Path) -> Path:
+def export(model: str, config, params, out: str | Path, overwrite: bool = False) -> Path:
     """Writes ``params`` as a Hugging Face checkpoint directory (config.json + model.safetensors) at ``out``.
 
-    transformers' ``from_pretrained`` loads it; ``convert`` reads it back. Written atomically; ``out``
-    must not exist.
+    transformers' ``from_pretrained`` loads it; ``convert`` reads it back. Written atomically.
     """
-    out = Path(out).absolute()
-    if out.exists():
-        raise FileExistsError(f"{out} already exists")
-    out.parent.mkdir(parents=True, exist_ok=True)
     flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
     tensors = export_tensors(spec(model).rules(config), flat)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with checkpoint.atomic_directory(out, overwrite) as tmp:
         write_safetensors(tmp / SINGLE, tensors)
         (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2) + "\n")
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out).absolute()

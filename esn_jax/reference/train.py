@@ -20,10 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +40,7 @@ import ports
 from esn_jax import reference
 from esn_jax.data import BUILDERS, pipeline
 from ports.audio import AudioEncoderConfig
+from ports.checkpoint import atomic_directory
 from ports.config import DecoderConfig
 from ports.features import SAMPLE_RATE
 from ports.qwen2_5_omni import Qwen2_5OmniConfig, Qwen2_5OmniThinker, init_inputs
@@ -211,18 +209,8 @@ def train(cfg: ml_collections.ConfigDict, data_dir: str | None = None, log: Call
 
 def write(out: str | Path, config, params, tokenizer, meta: dict[str, Any], overwrite: bool = False) -> Path:
     """Writes the reference directory ``out`` atomically (checkpoint, tokenizer, reference.json)."""
-    out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        ports.save(tmp / "ref", "qwen2_5_omni", config, params)
-        tokenizer.save_pretrained(tmp / "ref")
-        (tmp / "ref" / reference.META).write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():  # moved aside, then removed with tmp: the target is never half-written
-            os.replace(out, tmp / "old")
-        os.replace(tmp / "ref", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    with atomic_directory(out, overwrite) as tmp:
+        ports.save(tmp, "qwen2_5_omni", config, params, overwrite=True)  # into the empty temporary directory
+        tokenizer.save_pretrained(tmp)
+        (tmp / reference.META).write_text(json.dumps(meta, indent=2) + "\n")
+    return Path(out).absolute()
