@@ -7,7 +7,7 @@ Public API::
     logp = esn_jax.score_variants(module, params, batch, esn_jax.ablate(masks), label_token_ids)  # [E, B, N]
 
 Modules: :mod:`esn_jax.scoring`, :mod:`esn_jax.stats`, :mod:`esn_jax.selectors`,
-:mod:`esn_jax.interventions`, :mod:`esn_jax.sweep`, :mod:`esn_jax.metrics`.
+:mod:`esn_jax.interventions`, :mod:`esn_jax.sweep` (with :mod:`esn_jax.prefix`), :mod:`esn_jax.metrics`.
 """
 
 from esn_jax import metrics

@@ -92,7 +92,7 @@ def _extend_edits(interventions: Interventions, repeats: int, extra: int, batch:
 
 
 def score_labels(module, params, batch: Mapping[str, Any], label_token_ids: Sequence[Sequence[int]],
-                 interventions: Interventions | None = None) -> jnp.ndarray:
+                 interventions: Interventions | None = None, prefix=None) -> jnp.ndarray:
     """Log-probabilities of every label after the prompt: [B, N].
 
     batch: the port's forward kwargs (``input_ids`` [B, T] or ``inputs_embeds`` [B, T, H],
@@ -101,6 +101,7 @@ def score_labels(module, params, batch: Mapping[str, Any], label_token_ids: Sequ
     multi-token labels the prompt is embedded once and each row is run once per label with the label's
     tokens, embedded by the port's ``embed_answer``, appended.
     interventions: see :mod:`ports.sites`; position-specific edits ``[L, B, T, I]`` cover the prompt.
+    prefix: the key/value cache of tokens preceding every row (see :mod:`esn_jax.prefix`), or None.
     """
     labels = label_tokens(label_token_ids)
     interventions = dict(interventions or {})
@@ -109,13 +110,13 @@ def score_labels(module, params, batch: Mapping[str, Any], label_token_ids: Sequ
     longest = max(len(ids) for ids in labels)
     if longest == 1:
         logits = module.apply({"params": params}, **model_kw, interventions=interventions,
-                              logits_positions=answer[:, None])
+                              logits_positions=answer[:, None], prefix=prefix)
         logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1)
         return logp[:, jnp.asarray([ids[0] for ids in labels])]
-    return _score_multi_token(module, params, model_kw, labels, longest, answer, interventions)
+    return _score_multi_token(module, params, model_kw, labels, longest, answer, interventions, prefix)
 
 
-def _score_multi_token(module, params, model_kw, labels: LabelTokens, longest: int, answer, interventions):
+def _score_multi_token(module, params, model_kw, labels: LabelTokens, longest: int, answer, interventions, prefix):
     n = len(labels)
     ids = np.zeros((n, longest), np.int32)
     valid = np.zeros((n, longest), np.float32)
@@ -148,7 +149,7 @@ def _score_multi_token(module, params, model_kw, labels: LabelTokens, longest: i
     positions = jnp.concatenate([rep(answer)[:, None], jnp.broadcast_to(t + jnp.arange(extra), (b * n, extra))],
                                 axis=1)
     edits = _extend_edits(interventions, n, extra, b, t)
-    logits = module.apply({"params": params}, **kw, interventions=edits, logits_positions=positions)
+    logits = module.apply({"params": params}, **kw, interventions=edits, logits_positions=positions, prefix=prefix)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B*N, M, vocab]
     targets = jnp.tile(jnp.asarray(ids), (b, 1))
     token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]

@@ -2,7 +2,10 @@
 
 The encoders (``embed_inputs``) run once per clip; only the decoder is vmapped over the variant axis
 V, in chunks of ``chunk_size`` variants at a time (``lax.map`` over chunks), which bounds memory to
-``chunk_size`` decoder passes. Any mask values of one shape share one compilation.
+``chunk_size`` decoder passes. Any mask values of one shape share one compilation (per shared-prefix
+length). When the edits are position-independent, the prompt prefix all clips share runs once per
+variant rather than once per clip per variant (:mod:`esn_jax.prefix`); logits are computed only at
+the answer position (:mod:`esn_jax.scoring`).
 
 Axes: V = variants, B = batch, N = labels, L = layers, I = neurons.
 """
@@ -17,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esn_jax import scoring
+from esn_jax import prefix, scoring
 from esn_jax.stats import model_dims
 from ports.sites import Interventions, check_interventions
 
@@ -31,12 +34,14 @@ def num_variants(interventions: Interventions) -> int:
 
 
 def score_variants(module, params, batch: Mapping[str, Any], interventions: Interventions,
-                   label_token_ids: Sequence[Sequence[int]], chunk_size: int | None = None) -> jnp.ndarray:
+                   label_token_ids: Sequence[Sequence[int]], chunk_size: int | None = None,
+                   share_prefix: bool = True) -> jnp.ndarray:
     """Label log-probs under each of V interventions: [V, B, N].
 
     batch: the port's raw forward kwargs (see :func:`esn_jax.scoring.score_labels`).
     interventions: edits with a leading variant axis, e.g. ``interventions.ablate(masks [V, L, I])``.
     chunk_size: variants per vmapped step (default all V); V is padded up to a multiple of it.
+    share_prefix: run the prompt prefix all rows share once per variant (position-independent edits only).
     """
     v = num_variants(interventions)
     layers, neurons = model_dims(params)
@@ -51,15 +56,22 @@ def score_variants(module, params, batch: Mapping[str, Any], interventions: Inte
     padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x,
                           interventions)
     chunks = jax.tree.map(lambda x: x.reshape(-1, chunk, *x.shape[1:]), padded)
-    out = _sweep(module, params, dict(batch), chunks, scoring.label_tokens(label_token_ids))
+    embedded = _embed(module, params, dict(batch))
+    position_independent = all(np.ndim(leaf) == 3 for leaf in jax.tree.leaves(interventions))  # [V, L, I]
+    p = prefix.shared_length(embedded) if share_prefix and position_independent else 0
+    out = _sweep(module, params, embedded, chunks, scoring.label_tokens(label_token_ids), p)
     return out[:v]
 
 
-@functools.partial(jax.jit, static_argnames=("module", "label_token_ids"))
-def _sweep(module, params, batch, chunks, label_token_ids):
-    embedded = scoring.embed(module, params, batch)
+_embed = jax.jit(scoring.embed, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnames=("module", "label_token_ids", "prefix_length"))
+def _sweep(module, params, embedded, chunks, label_token_ids, prefix_length):
+    head, rest = prefix.split(embedded, prefix_length) if prefix_length else (None, embedded)
 
     def score(edits):
-        return scoring.score_labels(module, params, embedded, label_token_ids, edits)
+        cache = prefix.cache(module, params, head, edits) if prefix_length else None
+        return scoring.score_labels(module, params, rest, label_token_ids, edits, prefix=cache)
     out = jax.lax.map(jax.vmap(score), chunks)  # [V / chunk, chunk, B, N]
     return out.reshape(-1, *out.shape[2:])

@@ -120,15 +120,16 @@ class AudioFlamingo3(nn.Module):
         return splice(embeds, placeholders, self.multi_modal_projector(audio), valid, "<sound> placeholders")
 
     def __call__(self, input_ids=None, input_features=None, input_features_mask=None, attention_mask=None,
-                 position_ids=None, inputs_embeds=None, interventions=None, logits_positions=None):
-        """Logits [B, T, V] (or [B, P, V] at ``logits_positions``). ``inputs_embeds`` skips the encoder."""
+                 position_ids=None, inputs_embeds=None, interventions=None, logits_positions=None, prefix=None):
+        """Logits [B, T, V] (or [B, S, V] at ``logits_positions``). ``inputs_embeds`` skips the encoder; other
+        arguments as the shared decoder."""
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids [B, T] (with the audio inputs) or inputs_embeds [B, T, H]")
             inputs_embeds = self.embed_inputs(input_ids, input_features, input_features_mask)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=position_ids, interventions=interventions,
-                                   logits_positions=logits_positions)
+                                   logits_positions=logits_positions, prefix=prefix)
 
 
 def rules(config: AudioFlamingo3Config) -> tuple[Rule, ...]:

@@ -2,7 +2,12 @@
 
 Layers are scanned (``nn.scan``), so every parameter and every captured site carries a leading layer
 axis ``L``. Shapes use B = batch, T = sequence, H = hidden, N = query heads, K = key/value heads,
-D = head_dim, I = intermediate_size, V = vocab_size.
+D = head_dim, I = intermediate_size, V = vocab_size, P = prefix length.
+
+A *prefix* is the key/value cache of tokens that precede every row of a call (a prompt prefix shared by
+all clips): ``{"key", "value"}`` each [L, 1 or B, P, K, D], keys after RoPE. A call run with
+``mutable=["cache"]`` stores its own keys and values in that layout (see :func:`prefix_cache`); a later
+call given ``prefix=`` attends to them from every position, as if they were prepended to each row.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from ports.config import DecoderConfig
 from ports.sites import Interventions, Site, check_interventions
@@ -51,8 +57,9 @@ class Attention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask):
-        """x [B, T, H], mask [B, 1, T, T] (True = may attend) -> [B, T, H]."""
+    def __call__(self, x, cos, sin, mask, prefix=None):
+        """x [B, T, H], mask [B, 1, T, P + T] (True = may attend), prefix {"key", "value"} [1 or B, P, K, D]
+        or None -> [B, T, H]."""
         cfg = self.config
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.dtype)
         b, t, _ = x.shape
@@ -62,6 +69,13 @@ class Attention(nn.Module):
         q = apply_rope(q.reshape(b, t, cfg.num_attention_heads, cfg.head_dim), cos, sin)
         k = apply_rope(k.reshape(b, t, cfg.num_key_value_heads, cfg.head_dim), cos, sin)
         v = v.reshape(b, t, cfg.num_key_value_heads, cfg.head_dim)
+        if self.is_mutable_collection("cache") and not self.is_initializing():
+            self.put_variable("cache", "key", k)
+            self.put_variable("cache", "value", v)
+        if prefix is not None:
+            def prepend(cached, x):
+                return jnp.concatenate([jnp.broadcast_to(cached, (b, *cached.shape[1:])).astype(x.dtype), x], axis=1)
+            k, v = prepend(prefix["key"], k), prepend(prefix["value"], v)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim**-0.5)
         return dense(cfg.hidden_size, use_bias=False, name="o_proj")(out.reshape(b, t, -1))
 
@@ -89,9 +103,10 @@ class DecoderLayer(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, h, cos, sin, mask, interventions: Interventions):
+    def __call__(self, h, cos, sin, mask, interventions: Interventions, prefix=None):
         norm = functools.partial(RMSNorm, self.config.rms_norm_eps, self.dtype)
-        h = h + Attention(self.config, self.dtype, name="self_attn")(norm(name="input_layernorm")(h), cos, sin, mask)
+        attention = Attention(self.config, self.dtype, name="self_attn")
+        h = h + attention(norm(name="input_layernorm")(h), cos, sin, mask, prefix)
         h = h + MLP(self.config, self.dtype, name="mlp")(norm(name="post_attention_layernorm")(h), interventions)
         return h, None
 
@@ -107,22 +122,24 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.dtype)
         self.layers = nn.scan(
             DecoderLayer,
-            variable_axes={"params": 0, "intermediates": 0},
+            variable_axes={"params": 0, "intermediates": 0, "cache": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0),
             length=cfg.num_hidden_layers,
         )(cfg, self.dtype)
         self.norm = RMSNorm(cfg.rms_norm_eps, self.dtype)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
-                 interventions: Interventions | None = None):
+                 interventions: Interventions | None = None, prefix=None):
         """Returns the final hidden states [B, T, H].
 
         input_ids [B, T] int, or inputs_embeds [B, T, H] (exactly one of them).
         attention_mask [B, T], 1 = token, 0 = padding (left or right); default all ones.
         position_ids [B, T]; default ``cumsum(attention_mask) - 1`` so a padded row gets the positions it
-        would have unpadded (transformers' bare forward uses 0..T-1 whatever the padding).
+        would have unpadded (transformers' bare forward uses 0..T-1 whatever the padding); after a
+        prefix of P tokens the default starts at P.
         interventions: see :mod:`ports.sites`; None or {} runs the unedited model.
+        prefix: a key/value cache of P earlier tokens (see the module docstring), or None.
         """
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
@@ -131,14 +148,16 @@ class Decoder(nn.Module):
         b, t, _ = h.shape
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), jnp.int32)
+        p = 0 if prefix is None else check_prefix(prefix, cfg, b)
         if position_ids is None:
-            position_ids = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+            position_ids = p + jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
         interventions = dict(interventions or {})
         check_interventions(interventions, cfg.num_hidden_layers, (b, t), cfg.intermediate_size)
         causal = jnp.tril(jnp.ones((t, t), bool))
-        mask = (causal[None] & attention_mask.astype(bool)[:, None, :])[:, None]
+        mask = causal[None] & attention_mask.astype(bool)[:, None, :]
+        mask = jnp.concatenate([jnp.ones((b, t, p), bool), mask], axis=-1)[:, None]  # the prefix precedes every row
         cos, sin = rope_tables(position_ids, cfg.head_dim, cfg.rope_theta, self.dtype)
-        h, _ = self.layers(h, cos, sin, mask, interventions)
+        h, _ = self.layers(h, cos, sin, mask, interventions, prefix)
         return self.norm(h)
 
     def embed_inputs(self, input_ids):
@@ -147,6 +166,29 @@ class Decoder(nn.Module):
     def attend(self, h):
         """Logits through the tied embedding matrix."""
         return self.embed_tokens.attend(h)
+
+
+def check_prefix(prefix, cfg: DecoderConfig, batch: int) -> int:
+    """P, the length of a prefix cache; raises unless both arrays are [L, 1 or B, P, K, D] for this model."""
+    if not isinstance(prefix, dict) or set(prefix) != {"key", "value"}:
+        raise ValueError(f"prefix must be a dict with 'key' and 'value'; got {type(prefix).__name__} "
+                         f"{sorted(prefix) if isinstance(prefix, dict) else ''}")
+    k, v = jnp.shape(prefix["key"]), jnp.shape(prefix["value"])
+    expected = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
+    if k != v or len(k) != 5 or (k[0], k[3], k[4]) != expected or k[1] not in (1, batch):
+        raise ValueError(f"prefix key/value must be [L, 1 or B, P, K, D] with (L, K, D) = {expected} and B = {batch}; "
+                         f"got key {k}, value {v}")
+    return k[2]
+
+
+def prefix_cache(state) -> dict:
+    """The decoder's prefix cache {"key", "value"} [L, B, T, K, D] from the state a call with
+    ``mutable=["cache"]`` returned (any port: the one decoder's entries are found by name)."""
+    flat = traverse_util.flatten_dict(dict(state.get("cache", {})))
+    found = {path[-1]: value for path, value in flat.items() if path[-2:-1] == ("self_attn",)}
+    if set(found) != {"key", "value"} or len(flat) != 2:
+        raise ValueError(f"expected one decoder's self_attn key/value cache; got {sorted(flat)}")
+    return found
 
 
 class Qwen2ForCausalLM(nn.Module):
@@ -162,12 +204,12 @@ class Qwen2ForCausalLM(nn.Module):
                                     param_dtype=self.dtype)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
-                 interventions: Interventions | None = None, logits_positions=None):
-        """Logits [B, T, V], or [B, P, V] at ``logits_positions`` [B, P] (e.g. the answer position).
+                 interventions: Interventions | None = None, logits_positions=None, prefix=None):
+        """Logits [B, T, V], or [B, S, V] at ``logits_positions`` [B, S] (e.g. the answer position).
 
         Other arguments as :meth:`Decoder.__call__`.
         """
-        h = self.model(input_ids, attention_mask, position_ids, inputs_embeds, interventions)
+        h = self.model(input_ids, attention_mask, position_ids, inputs_embeds, interventions, prefix)
         if logits_positions is not None:
             h = jnp.take_along_axis(h, logits_positions[..., None], axis=1)
         return self.model.attend(h) if self.config.tie_word_embeddings else self.lm_head(h)

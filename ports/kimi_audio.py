@@ -184,9 +184,9 @@ class KimiAudio(nn.Module):
 
     def __call__(self, input_ids=None, text_input_ids=None, whisper_input_features=None, is_continuous_mask=None,
                  attention_mask=None, position_ids=None, inputs_embeds=None, interventions=None,
-                 logits_positions=None, whisper_input_mask=None):
-        """Text-head logits [B, T, V] (or [B, P, V] at ``logits_positions``); ``inputs_embeds`` skips the
-        streams and Whisper."""
+                 logits_positions=None, whisper_input_mask=None, prefix=None):
+        """Text-head logits [B, T, V] (or [B, S, V] at ``logits_positions``); ``inputs_embeds`` skips the
+        streams and Whisper; other arguments as the shared decoder."""
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids [B, T] (with the other streams) or inputs_embeds [B, T, H]")
@@ -194,7 +194,7 @@ class KimiAudio(nn.Module):
                                               whisper_input_mask)
         logits = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                      position_ids=position_ids, interventions=interventions,
-                                     logits_positions=logits_positions)
+                                     logits_positions=logits_positions, prefix=prefix)
         if self.is_initializing():  # create the MIMO parameters too
             self.mimo_logits(jnp.zeros_like(inputs_embeds), attention_mask)
         return logits

@@ -182,11 +182,11 @@ class Qwen2_5OmniThinker(nn.Module):
         return splice(embeds, placeholders, audio, valid, "<|AUDIO|> placeholders")
 
     def __call__(self, input_ids=None, input_features=None, feature_attention_mask=None, attention_mask=None,
-                 position_ids=None, inputs_embeds=None, interventions=None, logits_positions=None):
-        """Logits [B, T, V] (or [B, P, V] at ``logits_positions`` [B, P]).
+                 position_ids=None, inputs_embeds=None, interventions=None, logits_positions=None, prefix=None):
+        """Logits [B, T, V] (or [B, S, V] at ``logits_positions`` [B, S]).
 
         Pass ``inputs_embeds`` (from :meth:`embed_inputs`) to skip the audio tower. ``attention_mask``
-        [B, T] (left or right padding), ``position_ids``, ``interventions``: as the shared decoder.
+        [B, T] (left or right padding), ``position_ids``, ``interventions``, ``prefix``: as the shared decoder.
         """
         if inputs_embeds is None:
             if input_ids is None:
@@ -194,7 +194,7 @@ class Qwen2_5OmniThinker(nn.Module):
             inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=position_ids, interventions=interventions,
-                                   logits_positions=logits_positions)
+                                   logits_positions=logits_positions, prefix=prefix)
 
 
 def rules(config: Qwen2_5OmniConfig) -> tuple[Rule, ...]:

@@ -9,6 +9,7 @@ from transformers import Qwen2Config
 from transformers import Qwen2ForCausalLM as TorchQwen2
 
 import ports
+from ports.decoder import prefix_cache
 from ports.models import abstract_params
 from tests.ports import hf_fixtures
 
@@ -163,6 +164,35 @@ def test_bad_interventions_are_named(tiny):
                      interventions={"gate": {"scale": np.ones((3, 40))}, "gate_act": {"scale": np.ones((2, 40))}})
     with pytest.raises(ValueError, match="unknown edit 'bias'"):
         module.apply({"params": params}, input_ids=ids, interventions={"mlp_in": {"bias": np.ones((3, 40))}})
+
+
+def test_prefix_cache_continues_the_rows(tiny):
+    """A call on the rest of each row with the prefix's cache == the full rows (shared prefix of 3 tokens)."""
+    module, params, ids = tiny
+    full_ids = ids.copy()
+    full_ids[:, :3] = ids[0, :3]
+    mask = np.array([[1] * 7, [1] * 7, [1, 1, 1, 0, 0, 1, 1]])  # row 2's rest is left-padded by 2
+    scale = np.random.default_rng(0).uniform(0, 2, (3, 40)).astype(np.float32)
+    edits = {"gate_act": {"scale": scale}}
+    full = module.apply({"params": params}, input_ids=full_ids, interventions=edits)
+    _, state = module.apply({"params": params}, input_ids=full_ids[:1, :3], interventions=edits, mutable=["cache"])
+    cache = prefix_cache(state)
+    assert cache["key"].shape == (3, 1, 3, 2, 6)
+    rest = module.apply({"params": params}, input_ids=full_ids[:, 3:], attention_mask=mask[:, 3:],
+                        interventions=edits, prefix=cache)
+    np.testing.assert_allclose(rest[:2], full[:2, 3:], atol=2e-5)
+    alone = module.apply({"params": params}, input_ids=np.r_[full_ids[2, :3], full_ids[2, 5:]][None],
+                         interventions=edits)
+    np.testing.assert_allclose(rest[2, 2:], alone[0, 3:], atol=2e-5)
+
+
+def test_bad_prefix_is_named(tiny):
+    module, params, ids = tiny
+    good = {"key": np.zeros((3, 1, 2, 2, 6), np.float32), "value": np.zeros((3, 1, 2, 2, 6), np.float32)}
+    with pytest.raises(ValueError, match=r"\(L, K, D\) = \(3, 2, 6\) and B = 3; got key \(3, 2, 2, 2, 6\)"):
+        module.apply({"params": params}, input_ids=ids, prefix={**good, "key": np.zeros((3, 2, 2, 2, 6))})
+    with pytest.raises(ValueError, match="'key' and 'value'"):
+        module.apply({"params": params}, input_ids=ids, prefix={"key": good["key"]})
 
 
 def test_7b_parameter_count_matches_transformers():
