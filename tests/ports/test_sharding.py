@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 import esn_jax
 import ports
+from esn_jax import prefix, scoring
 from ports import sharding
 from ports.qwen2_5_omni import Qwen2_5OmniConfig
 from tests.ports import hf_fixtures
@@ -97,3 +98,21 @@ def test_bad_meshes():
         sharding.parse_mesh("batch:4")
     with pytest.raises(ValueError, match="needs 16 devices; 8 available"):
         sharding.make_mesh(data=4, model=4)
+
+
+@pytest.mark.parametrize("shape", MESHES[1:], ids=lambda s: ",".join(f"{k}:{v}" for k, v in s.items()))
+def test_sharded_sweep_with_a_shared_prefix(tiny, shape):
+    """The prompt prefix all rows share, run once per variant on a mesh == the full rows on one device."""
+    module, params, batch, _ = tiny
+    ids, mask = batch["input_ids"].copy(), batch["attention_mask"]
+    np.put_along_axis(ids, mask.argmax(1)[:, None] + np.arange(3), [7, 8, 9], axis=1)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    mesh = sharding.make_mesh(**shape)
+    sharded_params, sharded_batch = sharding.shard_params(params, mesh), sharding.shard_batch(batch, mesh)
+    assert prefix.shared_length(jax.jit(scoring.embed, static_argnums=0)(module, sharded_params, sharded_batch)) == 3
+    masks = np.random.default_rng(1).random((4, 2, 64)) < 0.1
+    variants = esn_jax.gain(masks, 2.0)
+    want = esn_jax.score_variants(module, params, batch, variants, LABELS, share_prefix=False)
+    got = esn_jax.score_variants(module, sharded_params, sharded_batch, sharding.shard_variants(variants, mesh),
+                                 LABELS)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
