@@ -62,6 +62,15 @@ def test_split_keeps_padding_positions_and_answers():
     np.testing.assert_array_equal(rest["answer_positions"], [1, 0])
 
 
+def assert_sweep_equals_rows(module, params, batch, labels, edits, **kw):
+    """score_variants over the stacked ``edits`` == score_labels of the full rows under each edit alone."""
+    labels = scoring.label_tokens(labels)
+    got = np.asarray(sweep.score_variants(module, params, batch, iv.stack(edits), labels, **kw))
+    for v, edit in enumerate(edits):
+        want = score_labels(module, params, batch, labels, edit)
+        np.testing.assert_allclose(got[v], np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
 def shared_prompts(rng, lengths, shared=4):
     """Rows that start with the same ``shared`` tokens, then differ; left-padded to the longest."""
     head = rng.integers(1, 48, shared)
@@ -78,11 +87,8 @@ def test_sweep_with_a_shared_prefix_equals_full_rows(tiny, labels):
     rng = np.random.default_rng(1)
     batch = shared_prompts(rng, [3, 5, 2])
     assert prefix.shared_length(scoring.embed(module, params, batch)) == 4
-    masks = rng.random((5, 2, 24)) < 0.3
-    got = np.asarray(sweep.score_variants(module, params, batch, iv.gain(masks, 2.0), labels, chunk_size=2))
-    for v in range(5):
-        want = score_labels(module, params, batch, labels, iv.gain(masks[v], 2.0))
-        np.testing.assert_allclose(got[v], np.asarray(want), rtol=1e-5, atol=1e-5)
+    edits = [iv.gain(m, 2.0) for m in rng.random((5, 2, 24)) < 0.3]
+    assert_sweep_equals_rows(module, params, batch, labels, edits, chunk_size=2)
 
 
 def test_right_padding_with_answer_positions_and_position_ids(tiny):
@@ -94,11 +100,7 @@ def test_right_padding_with_answer_positions_and_position_ids(tiny):
     batch["answer_positions"] = batch["attention_mask"].sum(1) - 1
     batch["position_ids"] = np.maximum(batch["attention_mask"].cumsum(1) - 1, 0) + 3  # any shared numbering
     assert prefix.shared_length(scoring.embed(module, params, batch)) == 4
-    masks = rng.random((3, 2, 24)) < 0.3
-    got = np.asarray(sweep.score_variants(module, params, batch, iv.ablate(masks), LABELS))
-    for v in range(3):
-        want = score_labels(module, params, batch, LABELS, iv.ablate(masks[v]))
-        np.testing.assert_allclose(got[v], np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert_sweep_equals_rows(module, params, batch, LABELS, [iv.ablate(m) for m in rng.random((3, 2, 24)) < 0.3])
 
 
 def test_position_specific_edits_do_not_share(tiny):
@@ -107,12 +109,8 @@ def test_position_specific_edits_do_not_share(tiny):
     rng = np.random.default_rng(3)
     batch = shared_prompts(rng, [3, 2])
     positions = rng.random((2, 7)) < 0.5
-    masks = rng.random((2, 2, 24)) < 0.3
-    edits = iv.stack([iv.at_positions(iv.gain(m, 3.0), positions) for m in masks])
-    got = np.asarray(sweep.score_variants(module, params, batch, edits, LABELS))
-    for v in range(2):
-        want = score_labels(module, params, batch, LABELS, iv.at_positions(iv.gain(masks[v], 3.0), positions))
-        np.testing.assert_allclose(got[v], np.asarray(want), rtol=1e-5, atol=1e-5)
+    edits = [iv.at_positions(iv.gain(m, 3.0), positions) for m in rng.random((2, 2, 24)) < 0.3]
+    assert_sweep_equals_rows(module, params, batch, LABELS, edits)
 
 
 def test_reference_lalm_shares_its_text_prefix_and_scores_alike():
@@ -126,9 +124,5 @@ def test_reference_lalm_shares_its_text_prefix_and_scores_alike():
     first_audio = [int(np.argmax(row == module.config.audio_token_id)) - int(np.argmax(m))
                    for row, m in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
     assert prefix.shared_length(scoring.embed(module, params, batch)) == min(first_audio) > 10
-    masks = rng.random((4, 2, 256)) < 0.05
-    labels = meta["label_token_ids"]
-    got = np.asarray(sweep.score_variants(module, params, batch, iv.gain(masks, 4.0, "mlp_in"), labels))
-    for v in range(4):
-        want = score_labels(module, params, batch, scoring.label_tokens(labels), iv.gain(masks[v], 4.0, "mlp_in"))
-        np.testing.assert_allclose(got[v], np.asarray(want), rtol=1e-4, atol=1e-4)
+    edits = [iv.gain(m, 4.0, "mlp_in") for m in rng.random((4, 2, 256)) < 0.05]
+    assert_sweep_equals_rows(module, params, batch, meta["label_token_ids"], edits)
