@@ -155,7 +155,9 @@ class Decoder(nn.Module):
         check_interventions(interventions, cfg.num_hidden_layers, (b, t), cfg.intermediate_size)
         causal = jnp.tril(jnp.ones((t, t), bool))
         mask = causal[None] & attention_mask.astype(bool)[:, None, :]
-        mask = jnp.concatenate([jnp.ones((b, t, p), bool), mask], axis=-1)[:, None]  # the prefix precedes every row
+        if p:  # every row may attend to the whole prefix
+            mask = jnp.concatenate([jnp.ones((b, t, p), bool), mask], axis=-1)
+        mask = mask[:, None]
         cos, sin = rope_tables(position_ids, cfg.head_dim, cfg.rope_theta, self.dtype)
         h, _ = self.layers(h, cos, sin, mask, interventions, prefix)
         return self.norm(h)

@@ -40,10 +40,13 @@ def test_shared_length_counts_the_common_leading_tokens():
 @pytest.mark.parametrize("case", ["one row", "holes in the mask", "no common token", "unknown input"])
 def test_nothing_is_shared_when_sharing_does_not_apply(case):
     rows = [[5, 6, 7, 1], [5, 6, 7, 3]]
-    batch = {"one row": lambda: embedded(rows[:1], 6),
-             "no common token": lambda: embedded([[1, 6, 7], [2, 6, 7]], 4),
-             "unknown input": lambda: embedded(rows, 6, token_type_ids=np.zeros((2, 6)))}.get(case, lambda: None)()
-    if case == "holes in the mask":
+    if case == "one row":
+        batch = embedded(rows[:1], 6)
+    elif case == "no common token":
+        batch = embedded([[1, 6, 7], [2, 6, 7]], 4)
+    elif case == "unknown input":
+        batch = embedded(rows, 6, token_type_ids=np.zeros((2, 6)))
+    else:
         batch = embedded(rows, 6)
         batch["attention_mask"][0, 3] = 0
     assert prefix.shared_length(batch) == 0
