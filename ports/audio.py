@@ -108,6 +108,28 @@ def encoder_config_from_hf(hf: Mapping[str, Any], *, names: Mapping[str, str], e
     return AudioEncoderConfig(**{ours: hf[theirs] for ours, theirs in names.items()}, **extra)
 
 
+# Whisper's decoder, generation and tokenizer settings: the ports run the encoder only.
+_WHISPER_SKIPPED = HF_BOOKKEEPING | {
+    "vocab_size", "max_target_positions", "activation_function_decoder", "apply_spec_augment",
+    "mask_time_prob", "mask_time_length", "mask_time_min_masks", "mask_feature_prob", "mask_feature_length",
+    "mask_feature_min_masks", "median_filter_width", "begin_suppress_tokens", "suppress_tokens",
+    "decoder_start_token_id", "forced_decoder_ids", "classifier_proj_size", "use_weighted_layer_sum",
+    "num_hidden_layers", "is_encoder_decoder", "tie_word_embeddings", "max_length", "alignment_heads",
+    "lang_ids", "no_timestamps_token_id", "generation_config",
+}
+
+
+def whisper_config_from_hf(hf: Mapping[str, Any], what: str = "config.json") -> AudioEncoderConfig:
+    """The encoder of a transformers ``WhisperConfig`` (full-window regime, learned positions, no pooling)."""
+    if hf.get("model_type") != "whisper":
+        raise UnsupportedConfigError(f"{what} has model_type={hf.get('model_type')!r}; expected 'whisper'")
+    return encoder_config_from_hf(
+        {k: v for k, v in hf.items() if not k.startswith("decoder") and k not in _WHISPER_SKIPPED},
+        names={f: f for f in ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads",
+                              "encoder_ffn_dim", "max_source_positions")},
+        extra={}, what=what)
+
+
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
     """Whisper's sinusoidal position table [length, channels] (sin half, then cos half), float32."""
     increment = np.log(max_timescale) / (channels // 2 - 1)

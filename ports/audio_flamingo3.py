@@ -140,7 +140,8 @@ def rules(config: AudioFlamingo3Config) -> tuple[Rule, ...]:
         if config.projector_bias:
             projector.append(Rule(f"multi_modal_projector.{name}.bias", f"multi_modal_projector/{name}/bias",
                                   **NONE))
-    return (decoder_rules("language_model.model", "language_model.lm_head", "language_model/")
+    return (decoder_rules("language_model.model", "language_model.lm_head", "language_model/",
+                          config.text.attention_bias)
             + encoder_rules("audio_tower", "audio_tower/", config.audio) + tuple(projector))
 
 

@@ -47,14 +47,19 @@ def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
 
 def save(out: str | Path, model: str, config, params: Any, overwrite: bool = False) -> Path:
     """Writes ``params`` (a nested dict of arrays) for ``model`` with ``config`` at ``out``, atomically."""
-    dtypes = {str(x.dtype) for x in jax.tree.leaves(params)}
     with atomic_directory(out, overwrite) as tmp:
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp / PARAMS, params)
-            ckptr.wait_until_finished()
-        meta = {"model": model, "config": config.to_dict(), "dtype": dtypes.pop() if len(dtypes) == 1 else None}
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+        write(tmp, model, config, params)
     return Path(out).absolute()
+
+
+def write(directory: Path, model: str, config, params: Any) -> None:
+    """Writes ``port.json`` and ``params/`` into an existing empty ``directory`` (e.g. an atomic one)."""
+    dtypes = {str(x.dtype) for x in jax.tree.leaves(params)}
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(directory / PARAMS, params)
+        ckptr.wait_until_finished()
+    meta = {"model": model, "config": config.to_dict(), "dtype": dtypes.pop() if len(dtypes) == 1 else None}
+    (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def load(path: str | Path, dtype=None, mesh=None):

@@ -27,9 +27,10 @@ class Config:
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig(Config):
-    """A Qwen2/Qwen2.5-style decoder (the language backbone of all three LALMs).
+    """A Qwen2/Qwen2.5 or Llama decoder: the language backbone of all three LALMs and of SmolLM2.
 
-    Field names follow transformers' ``Qwen2Config`` where one exists.
+    Field names follow transformers' ``Qwen2Config`` / ``LlamaConfig``. The two families differ only in
+    what their configs can say: Qwen2 always has q/k/v biases, Llama has them when ``attention_bias``.
     """
 
     vocab_size: int
@@ -42,8 +43,14 @@ class DecoderConfig(Config):
     rope_theta: float = 1e6
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
+    attention_bias: bool = True  # q/k/v biases (o_proj never has one)
+    model_type: str = "qwen2"  # the transformers family the config reads from and exports to
 
     def __post_init__(self):
+        if self.model_type not in FAMILIES:
+            raise ValueError(f"model_type={self.model_type!r}; expected one of {sorted(FAMILIES)}")
+        if self.model_type == "qwen2" and not self.attention_bias:
+            raise ValueError("a qwen2 decoder always has q/k/v biases; attention_bias=False needs model_type='llama'")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -51,10 +58,12 @@ class DecoderConfig(Config):
             )
 
     def to_hf(self) -> dict[str, Any]:
-        """A transformers ``Qwen2Config`` dict for this decoder (the inverse of :meth:`from_hf`)."""
+        """A transformers ``Qwen2Config`` / ``LlamaConfig`` dict for this decoder (the inverse of :meth:`from_hf`)."""
         fields = self.to_dict()
-        theta = fields.pop("rope_theta")
-        return {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu",
+        theta, family = fields.pop("rope_theta"), fields.pop("model_type")
+        if family == "qwen2":
+            del fields["attention_bias"]
+        return {"model_type": family, "architectures": [FAMILIES[family]], "hidden_act": "silu",
                 "rope_parameters": {"rope_type": "default", "rope_theta": theta}, **fields}
 
     @classmethod
@@ -74,10 +83,14 @@ class DecoderConfig(Config):
         missing = [k for k in _REQUIRED if k not in hf]
         if missing:
             problems.append(f"missing attributes {missing}")
-        unknown = sorted(set(hf) - _IMPLEMENTED - _IGNORED - set(_INERT))
+        if model_type not in FAMILIES:
+            raise UnsupportedConfigError(f"model_type={model_type!r} has no decoder port; expected one of "
+                                         f"{sorted(FAMILIES)}")
+        implemented = _IMPLEMENTED | _FAMILY_ATTRIBUTES[model_type]
+        unknown = sorted(set(hf) - implemented - _IGNORED - set(_INERT))
         if unknown:
             problems.append(f"unknown attributes {unknown} (the {model_type} port implements "
-                            f"{sorted(_IMPLEMENTED)} and ignores {sorted(_IGNORED)})")
+                            f"{sorted(implemented)} and ignores {sorted(_IGNORED)})")
         for key, is_inert in _INERT.items():
             if key in hf and not is_inert(hf[key], hf):
                 problems.append(f"{key}={hf[key]!r} is not implemented")
@@ -98,7 +111,13 @@ class DecoderConfig(Config):
             rope_theta=rope,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             tie_word_embeddings=hf.get("tie_word_embeddings", False),
+            attention_bias=hf.get("attention_bias", False) if model_type == "llama" else True,
+            model_type=model_type,
         )
+
+
+# transformers' model_type -> its causal-LM class: the decoder families the port reads and exports.
+FAMILIES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
 
 
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -107,18 +126,22 @@ _IMPLEMENTED = frozenset({
     "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "tie_word_embeddings",
     "hidden_act", "rope_theta", "rope_parameters", "rope_scaling",
 })
+_FAMILY_ATTRIBUTES = {"qwen2": frozenset(), "llama": frozenset({"attention_bias"})}
 # Bookkeeping, initialisation, training-only, generation and length settings: none changes the
-# forward pass of a full-attention decoder.
+# forward pass of a full-attention decoder. Llama's pretraining_tp > 1 only splits each matmul into
+# slices whose results are summed: the same function.
 _IGNORED = frozenset({
     "architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path", "auto_map",
     "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "use_cache",
-    "max_position_embeddings", "attention_dropout", "output_attentions", "output_hidden_states",
+    "max_position_embeddings", "pretraining_tp", "output_attentions", "output_hidden_states",
     "return_dict", "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id",
     "problem_type", "tokenizer_class", "task_specific_params", "use_return_dict", "pruned_heads",
     "tie_encoder_decoder", "add_cross_attention", "cross_attention_hidden_size", "is_decoder",
 })
 # Attributes accepted only while they leave the computation as the port implements it.
 _INERT = {
+    "attention_dropout": lambda v, hf: not v,
+    "mlp_bias": lambda v, hf: not v,
     "use_sliding_window": lambda v, hf: not v,
     "sliding_window": lambda v, hf: not hf.get("use_sliding_window", False) or v is None,
     "max_window_layers": lambda v, hf: not hf.get("use_sliding_window", False),

@@ -1,4 +1,4 @@
-"""The shared Qwen2/Qwen2.5 decoder in Flax linen: the language backbone of every LALM port.
+"""The shared Qwen2/Qwen2.5 and Llama decoder in Flax linen: the language backbone of every LALM port.
 
 Layers are scanned (``nn.scan``), so every parameter and every captured site carries a leading layer
 axis ``L``. Shapes use B = batch, T = sequence, H = hidden, N = query heads, K = key/value heads,
@@ -63,9 +63,10 @@ class Attention(nn.Module):
         cfg = self.config
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.dtype)
         b, t, _ = x.shape
-        q = dense(cfg.num_attention_heads * cfg.head_dim, name="q_proj")(x)
-        k = dense(cfg.num_key_value_heads * cfg.head_dim, name="k_proj")(x)
-        v = dense(cfg.num_key_value_heads * cfg.head_dim, name="v_proj")(x)
+        qkv = functools.partial(dense, use_bias=cfg.attention_bias)
+        q = qkv(cfg.num_attention_heads * cfg.head_dim, name="q_proj")(x)
+        k = qkv(cfg.num_key_value_heads * cfg.head_dim, name="k_proj")(x)
+        v = qkv(cfg.num_key_value_heads * cfg.head_dim, name="v_proj")(x)
         q = apply_rope(q.reshape(b, t, cfg.num_attention_heads, cfg.head_dim), cos, sin)
         k = apply_rope(k.reshape(b, t, cfg.num_key_value_heads, cfg.head_dim), cos, sin)
         v = v.reshape(b, t, cfg.num_key_value_heads, cfg.head_dim)
@@ -194,7 +195,8 @@ def prefix_cache(state) -> dict:
 
 
 class Qwen2ForCausalLM(nn.Module):
-    """Decoder + lm_head (tied or untied): the Flax counterpart of transformers' ``Qwen2ForCausalLM``."""
+    """Decoder + lm_head (tied or untied): the Flax counterpart of transformers' ``Qwen2ForCausalLM`` and
+    ``LlamaForCausalLM`` (which one: ``config.model_type``)."""
 
     config: DecoderConfig
     dtype: jnp.dtype = jnp.float32

@@ -29,15 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ports.audio import (
-    HF_BOOKKEEPING,
     LINEAR,
     NONE,
     AudioEncoder,
     AudioEncoderConfig,
-    encoder_config_from_hf,
     encoder_rules,
     is_concrete,
     splice,
+    whisper_config_from_hf,
 )
 from ports.config import Config, DecoderConfig, UnsupportedConfigError
 from ports.decoder import DecoderLayer, Qwen2ForCausalLM, RMSNorm, rope_tables
@@ -75,14 +74,7 @@ class KimiAudioConfig(Config):
             raise UnsupportedConfigError("use_whisper_feature=False is not implemented")
         kimia = {k for k in hf if k.startswith("kimia_") or k in _KIMIA_OTHER}
         text = DecoderConfig.from_hf({**{k: v for k, v in hf.items() if k not in kimia}, "model_type": "qwen2"})
-        if whisper_hf.get("model_type") != "whisper":
-            raise UnsupportedConfigError(f"{WHISPER_DIR}/config.json has model_type={whisper_hf.get('model_type')!r};"
-                                         " expected 'whisper'")
-        whisper = encoder_config_from_hf(
-            {k: v for k, v in whisper_hf.items() if not k.startswith("decoder") and k not in _WHISPER_SKIPPED},
-            names={f: f for f in ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads",
-                                  "encoder_ffn_dim", "max_source_positions")},
-            extra={}, what=f"{WHISPER_DIR}/config.json")
+        whisper = whisper_config_from_hf(whisper_hf, f"{WHISPER_DIR}/config.json")
         return cls(text=text, whisper=whisper, mimo_layers=hf.get("kimia_mimo_layers", 6),
                    mimo_from_layer=hf.get("kimia_mimo_transformer_from_layer_index", 21),
                    adaptor_input_dim=hf.get("kimia_adaptor_input_dim", 5120))
@@ -91,17 +83,6 @@ class KimiAudioConfig(Config):
 # Kimi's token bookkeeping (ids of the kimia control tokens, output vocab split, audio delay for
 # generation): no effect on a forward pass given the ids.
 _KIMIA_OTHER = frozenset({"num_audio_special_tokens", "num_base_tokens", "use_whisper_feature"})
-# Whisper's decoder, generation and tokenizer settings: the port runs the encoder only.
-_WHISPER_SKIPPED = HF_BOOKKEEPING | {
-    "vocab_size", "max_target_positions", "activation_function_decoder", "apply_spec_augment",
-    "mask_time_prob", "mask_time_length", "mask_time_min_masks", "mask_feature_prob", "mask_feature_length",
-    "mask_feature_min_masks", "median_filter_width", "begin_suppress_tokens", "suppress_tokens",
-    "decoder_start_token_id", "forced_decoder_ids", "classifier_proj_size", "use_weighted_layer_sum",
-    "num_hidden_layers", "is_encoder_decoder", "tie_word_embeddings", "max_length", "alignment_heads",
-    "lang_ids", "no_timestamps_token_id", "generation_config",
-}
-
-
 def stack_frames(frames, valid):
     """Whisper outputs [S, 2N', D] with valid [S, 2N'] -> [S, N, 4D] and valid [S, N] (4-frame stacks)."""
     s, f, d = frames.shape

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from ports import audio_flamingo3, kimi_audio, qwen2_5_omni
+from ports.audio import AudioEncoder, AudioEncoderConfig, encoder_rules, whisper_config_from_hf
 from ports.config import DecoderConfig
 from ports.decoder import Qwen2ForCausalLM
 from ports.rules import Rule, decoder_rules
@@ -32,13 +33,23 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "qwen2": ModelSpec(
+    **{family: ModelSpec(
         config_cls=DecoderConfig,
-        config_from_hf=lambda hf: DecoderConfig.from_hf(hf, "qwen2"),
+        config_from_hf=lambda hf, family=family: DecoderConfig.from_hf(hf, family),
         build=lambda cfg, dtype: Qwen2ForCausalLM(cfg, dtype),
-        rules=lambda cfg: decoder_rules(),
+        rules=lambda cfg: decoder_rules(attention_bias=cfg.attention_bias),
         init_inputs=lambda cfg: {"input_ids": jnp.zeros((1, 1), jnp.int32)},
         ignore=("model.layers.{layer}.self_attn.rotary_emb.inv_freq",),
+    ) for family in ("qwen2", "llama")},
+    # Whisper's encoder alone (e.g. Whisper tiny.en from a CTranslate2 model: ports.convert.convert_ct2);
+    # the Hugging Face source is a WhisperForConditionalGeneration directory, whose decoder is skipped.
+    "whisper_encoder": ModelSpec(
+        config_cls=AudioEncoderConfig,
+        config_from_hf=whisper_config_from_hf,
+        build=lambda cfg, dtype: AudioEncoder(cfg, dtype),
+        rules=lambda cfg: encoder_rules("model.encoder", "", cfg),
+        init_inputs=lambda cfg: {"input_features": jnp.zeros((1, cfg.num_mel_bins, cfg.window_frames))},
+        ignore=("model.decoder.*", "proj_out.weight"),
     ),
     "qwen2_5_omni": ModelSpec(
         config_cls=qwen2_5_omni.Qwen2_5OmniConfig,

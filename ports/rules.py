@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ports.safetensors_np import SafetensorsCheckpoint
-
 LAYER = "{layer}"
 
 
@@ -51,9 +49,11 @@ class ConversionError(ValueError):
     """The checkpoint does not match the port; the message lists every mismatch."""
 
 
-def decoder_rules(hf_model: str = "model", hf_head: str = "lm_head", path: str = "") -> tuple[Rule, ...]:
-    """The Qwen2 decoder's table. ``hf_model``/``hf_head`` are the checkpoint's prefixes (e.g.
-    ``thinker.model``); ``path`` is where the decoder sits in our tree (e.g. ``language_model/``)."""
+def decoder_rules(hf_model: str = "model", hf_head: str = "lm_head", path: str = "",
+                  attention_bias: bool = True) -> tuple[Rule, ...]:
+    """The Qwen2/Llama decoder's table. ``hf_model``/``hf_head`` are the checkpoint's prefixes (e.g.
+    ``thinker.model``); ``path`` is where the decoder sits in our tree (e.g. ``language_model/``).
+    Without ``attention_bias`` a q/k/v bias in the checkpoint is reported as unexpected."""
     layer = f"{hf_model}.layers.{LAYER}"
     ours = f"{path}model/layers"
     rules = [
@@ -65,7 +65,8 @@ def decoder_rules(hf_model: str = "model", hf_head: str = "lm_head", path: str =
         rules.append(Rule(f"{layer}.{norm}.weight", f"{ours}/{norm}/scale"))
     for proj in ("q_proj", "k_proj", "v_proj"):
         rules.append(Rule(f"{layer}.self_attn.{proj}.weight", f"{ours}/self_attn/{proj}/kernel", **LINEAR))
-        rules.append(Rule(f"{layer}.self_attn.{proj}.bias", f"{ours}/self_attn/{proj}/bias"))
+        if attention_bias:
+            rules.append(Rule(f"{layer}.self_attn.{proj}.bias", f"{ours}/self_attn/{proj}/bias"))
     rules.append(Rule(f"{layer}.self_attn.o_proj.weight", f"{ours}/self_attn/o_proj/kernel", **LINEAR))
     for proj in ("gate_proj", "up_proj", "down_proj"):
         rules.append(Rule(f"{layer}.mlp.{proj}.weight", f"{ours}/mlp/{proj}/kernel", **LINEAR))
@@ -77,9 +78,12 @@ def _shape_after(transform, shape) -> tuple[int, ...]:
     return transform(np.broadcast_to(np.zeros((), np.uint8), shape)).shape
 
 
-def convert_tensors(ckpt: SafetensorsCheckpoint, rules: Sequence[Rule], expected: Mapping[str, tuple],
+def convert_tensors(ckpt, rules: Sequence[Rule], expected: Mapping[str, tuple],
                     dtype, ignore: Iterable[str] = ()) -> dict[str, np.ndarray]:
     """Maps checkpoint tensors onto our flat ``{path: array}`` tree of shapes ``expected``.
+
+    ``ckpt``: a reader with ``source``, ``keys()``, ``shape(key)`` and ``read(key)`` (safetensors, GGUF,
+    CTranslate2).
 
     A rule whose ``path`` our model lacks (the lm_head of a tied model) makes its key optional and
     unused. ``ignore`` holds key patterns (``{layer}`` allowed) that are known and carry nothing.
@@ -106,7 +110,7 @@ def convert_tensors(ckpt: SafetensorsCheckpoint, rules: Sequence[Rule], expected
             if k in present and (got := _shape_after(r.transform, ckpt.shape(k))) != tuple(per_key):
                 problems.append(f"wrong shape {k}: {ckpt.shape(k)} becomes {got} at {r.path}, expected {per_key}")
     if problems:
-        raise ConversionError(f"{ckpt.directory}: {len(problems)} mismatches with the port:\n  "
+        raise ConversionError(f"{ckpt.source}: {len(problems)} mismatches with the port:\n  "
                               + "\n  ".join(problems))
     out = {}
     for r in active:

@@ -98,10 +98,10 @@ class SafetensorsCheckpoint:
     """
 
     def __init__(self, directory: str | Path, subfolders: Sequence[str] = ()):
-        self.directory = Path(directory)
-        self._where = {k: (f, k) for k, f in _files_by_key(self.directory).items()}
+        self.source = Path(directory)
+        self._where = {k: (f, k) for k, f in _files_by_key(self.source).items()}
         for folder in subfolders:
-            self._where.update({f"{folder}/{k}": (f, k) for k, f in _files_by_key(self.directory / folder).items()})
+            self._where.update({f"{folder}/{k}": (f, k) for k, f in _files_by_key(self.source / folder).items()})
 
     def keys(self) -> list[str]:
         return sorted(self._where)
