@@ -34,7 +34,7 @@ from ports.audio import (
 )
 from ports.config import Config, DecoderConfig, UnsupportedConfigError
 from ports.decoder import Qwen2ForCausalLM
-from ports.rules import Rule, decoder_rules
+from ports.rules import Rule, attention_biases, decoder_rules
 
 MODEL_TYPE = "audioflamingo3"
 _AUDIO_NAMES = {"num_mel_bins": "num_mel_bins", "d_model": "hidden_size", "encoder_layers": "num_hidden_layers",
@@ -141,7 +141,7 @@ def rules(config: AudioFlamingo3Config) -> tuple[Rule, ...]:
             projector.append(Rule(f"multi_modal_projector.{name}.bias", f"multi_modal_projector/{name}/bias",
                                   **NONE))
     return (decoder_rules("language_model.model", "language_model.lm_head", "language_model/",
-                          config.text.attention_bias)
+                          attention_biases(config.text))
             + encoder_rules("audio_tower", "audio_tower/", config.audio) + tuple(projector))
 
 

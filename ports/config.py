@@ -30,7 +30,8 @@ class DecoderConfig(Config):
     """A Qwen2/Qwen2.5 or Llama decoder: the language backbone of all three LALMs and of SmolLM2.
 
     Field names follow transformers' ``Qwen2Config`` / ``LlamaConfig``. The two families differ only in
-    what their configs can say: Qwen2 always has q/k/v biases, Llama has them when ``attention_bias``.
+    what their configs can say: Qwen2 always has q/k/v biases and none on o_proj; Llama has biases on
+    q/k/v *and* o_proj when ``attention_bias``, else none.
     """
 
     vocab_size: int
@@ -43,7 +44,7 @@ class DecoderConfig(Config):
     rope_theta: float = 1e6
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
-    attention_bias: bool = True  # q/k/v biases (o_proj never has one)
+    attention_bias: bool = True  # q/k/v biases (and, for llama, an o_proj bias)
     model_type: str = "qwen2"  # the transformers family the config reads from and exports to
 
     def __post_init__(self):
@@ -56,6 +57,10 @@ class DecoderConfig(Config):
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
+
+    @property
+    def o_proj_bias(self) -> bool:
+        return self.model_type == "llama" and self.attention_bias
 
     def to_hf(self) -> dict[str, Any]:
         """A transformers ``Qwen2Config`` / ``LlamaConfig`` dict for this decoder (the inverse of :meth:`from_hf`)."""

@@ -7,6 +7,7 @@ Sources: a Hugging Face directory (config.json + safetensors; every model), a ll
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -61,11 +62,14 @@ def convert_gguf(path: str | Path, out: str | Path, dtype: str | None = None, ov
     """Converts a GGUF file for ``llama`` and writes its tokenizer beside our checkpoint (transformers' GGUF
     tokenizer conversion, with the GGUF's chat template), so that ``ports.prompts.load_tokenizer(out)`` works.
     A GGUF without tokenizer metadata gives a checkpoint without tokenizer files."""
-    from transformers import AutoTokenizer  # the GGUF tokenizer conversion needs only transformers + gguf
-
     path = Path(path)
-    config, params = from_gguf(path, dtype)
     has_tokenizer = gguf_np.GGUFCheckpoint(path).has_tokenizer
+    if has_tokenizer and importlib.util.find_spec("torch") is None:
+        raise ImportError("transformers' GGUF tokenizer conversion needs torch; install it with "
+                          "`pip install -e \".[convert]\"` (torch==2.13.0, the CPU wheel)")
+    from transformers import AutoTokenizer
+
+    config, params = from_gguf(path, dtype)
     with checkpoint.atomic_directory(out, overwrite) as tmp:
         checkpoint.write(tmp, "llama", config, params)
         if has_tokenizer:

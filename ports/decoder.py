@@ -78,7 +78,7 @@ class Attention(nn.Module):
                 return jnp.concatenate([jnp.broadcast_to(cached, (b, *cached.shape[1:])).astype(x.dtype), x], axis=1)
             k, v = prepend(prefix["key"], k), prepend(prefix["value"], v)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim**-0.5)
-        return dense(cfg.hidden_size, use_bias=False, name="o_proj")(out.reshape(b, t, -1))
+        return dense(cfg.hidden_size, use_bias=cfg.o_proj_bias, name="o_proj")(out.reshape(b, t, -1))
 
 
 class MLP(nn.Module):

@@ -19,7 +19,7 @@ import gguf
 import numpy as np
 
 from ports.config import DecoderConfig, UnsupportedConfigError
-from ports.rules import Rule, decoder_rules
+from ports.rules import Rule, attention_biases, decoder_rules
 from ports.safetensors_np import CheckpointFileError
 
 ARCHITECTURE = "llama"
@@ -72,7 +72,7 @@ class GGUFCheckpoint:
         except (ValueError, KeyError, IndexError, OSError) as e:
             raise CheckpointFileError(f"{self.source} cannot be read as GGUF (truncated, or not a GGUF file): "
                                       f"{e}") from None
-        self.metadata = {name: field.contents() for name, field in reader.fields.items()}
+        self._fields = reader.fields
         self._tensors = {t.name: t for t in reader.tensors}
         kinds = {t.tensor_type for t in reader.tensors}
         unsupported = sorted(k.name for k in kinds if not _dequantisable(k))
@@ -94,9 +94,13 @@ class GGUFCheckpoint:
         t = self._tensors[key]
         return np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32).reshape(self.shape(key))
 
+    def metadata(self, prefix: str = "") -> dict[str, Any]:
+        """The metadata whose keys start with ``prefix`` (decoded on demand: the tokenizer's are large)."""
+        return {k: f.contents() for k, f in self._fields.items() if k.startswith(prefix)}
+
     @property
     def has_tokenizer(self) -> bool:
-        return "tokenizer.ggml.model" in self.metadata
+        return "tokenizer.ggml.model" in self._fields
 
 
 def _dequantisable(kind) -> bool:
@@ -108,7 +112,7 @@ def _dequantisable(kind) -> bool:
 def decoder_config(ckpt: GGUFCheckpoint) -> DecoderConfig:
     """The decoder's config from the GGUF metadata, refusing another architecture and every ``llama.*``
     attribute the port does not implement (RoPE scaling, experts, ...) by name."""
-    meta = ckpt.metadata
+    meta = {**ckpt.metadata("general."), **ckpt.metadata("split."), **ckpt.metadata(f"{ARCHITECTURE}.")}
     arch = meta.get("general.architecture")
     if arch != ARCHITECTURE:
         raise UnsupportedConfigError(f"{ckpt.source} holds general.architecture={arch!r}; the GGUF reader converts "
@@ -140,7 +144,7 @@ def rules(config: DecoderConfig) -> tuple[Rule, ...]:
     """:func:`ports.rules.decoder_rules` renamed to GGUF tensor names; q/k rows back in rotate-half order."""
     heads = {"self_attn.q_proj": config.num_attention_heads, "self_attn.k_proj": config.num_key_value_heads}
     out = []
-    for r in decoder_rules(attention_bias=config.attention_bias):
+    for r in decoder_rules(biases=attention_biases(config)):
         name = r.hf
         for theirs, ours in GGUF_NAMES:
             name = name.replace(theirs, ours)

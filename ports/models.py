@@ -14,7 +14,7 @@ from ports import audio_flamingo3, kimi_audio, qwen2_5_omni
 from ports.audio import AudioEncoder, AudioEncoderConfig, encoder_rules, whisper_config_from_hf
 from ports.config import DecoderConfig
 from ports.decoder import Qwen2ForCausalLM
-from ports.rules import Rule, decoder_rules
+from ports.rules import Rule, attention_biases, decoder_rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ MODELS: dict[str, ModelSpec] = {
         config_cls=DecoderConfig,
         config_from_hf=lambda hf, family=family: DecoderConfig.from_hf(hf, family),
         build=lambda cfg, dtype: Qwen2ForCausalLM(cfg, dtype),
-        rules=lambda cfg: decoder_rules(attention_bias=cfg.attention_bias),
+        rules=lambda cfg: decoder_rules(biases=attention_biases(cfg)),
         init_inputs=lambda cfg: {"input_ids": jnp.zeros((1, 1), jnp.int32)},
         ignore=("model.layers.{layer}.self_attn.rotary_emb.inv_freq",),
     ) for family in ("qwen2", "llama")},

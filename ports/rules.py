@@ -50,10 +50,11 @@ class ConversionError(ValueError):
 
 
 def decoder_rules(hf_model: str = "model", hf_head: str = "lm_head", path: str = "",
-                  attention_bias: bool = True) -> tuple[Rule, ...]:
+                  biases: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")) -> tuple[Rule, ...]:
     """The Qwen2/Llama decoder's table. ``hf_model``/``hf_head`` are the checkpoint's prefixes (e.g.
-    ``thinker.model``); ``path`` is where the decoder sits in our tree (e.g. ``language_model/``).
-    Without ``attention_bias`` a q/k/v bias in the checkpoint is reported as unexpected."""
+    ``thinker.model``); ``path`` is where the decoder sits in our tree (e.g. ``language_model/``);
+    ``biases`` the attention projections that have one (:func:`attention_biases`): a bias of any other
+    in the checkpoint is reported as unexpected."""
     layer = f"{hf_model}.layers.{LAYER}"
     ours = f"{path}model/layers"
     rules = [
@@ -63,14 +64,19 @@ def decoder_rules(hf_model: str = "model", hf_head: str = "lm_head", path: str =
     ]
     for norm in ("input_layernorm", "post_attention_layernorm"):
         rules.append(Rule(f"{layer}.{norm}.weight", f"{ours}/{norm}/scale"))
-    for proj in ("q_proj", "k_proj", "v_proj"):
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
         rules.append(Rule(f"{layer}.self_attn.{proj}.weight", f"{ours}/self_attn/{proj}/kernel", **LINEAR))
-        if attention_bias:
+        if proj in biases:
             rules.append(Rule(f"{layer}.self_attn.{proj}.bias", f"{ours}/self_attn/{proj}/bias"))
-    rules.append(Rule(f"{layer}.self_attn.o_proj.weight", f"{ours}/self_attn/o_proj/kernel", **LINEAR))
     for proj in ("gate_proj", "up_proj", "down_proj"):
         rules.append(Rule(f"{layer}.mlp.{proj}.weight", f"{ours}/mlp/{proj}/kernel", **LINEAR))
     return tuple(rules)
+
+
+def attention_biases(config) -> tuple[str, ...]:
+    """The attention projections of a :class:`ports.config.DecoderConfig` that carry a bias."""
+    qkv = ("q_proj", "k_proj", "v_proj") if config.attention_bias else ()
+    return qkv + (("o_proj",) if config.o_proj_bias else ())
 
 
 def _shape_after(transform, shape) -> tuple[int, ...]:

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+FAMILIES = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -23,13 +25,16 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def qwen2(directory: Path, seed: int = 0, max_shard_size: str | None = None, **config) -> Qwen2ForCausalLM:
-    """Saves a random ``Qwen2ForCausalLM`` with ``config`` to ``directory``; returns the torch model."""
+def causal_lm(directory: Path, family: str = "qwen2", seed: int = 0, max_shard_size: str | None = None,
+              **config) -> torch.nn.Module:
+    """Saves a random ``Qwen2ForCausalLM`` or ``LlamaForCausalLM`` (``family``) with ``config`` to ``directory``;
+    returns the torch model."""
     cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     cfg.update(config)
     torch.manual_seed(seed)
-    model = randomize_(Qwen2ForCausalLM(Qwen2Config(**cfg)), seed)
+    config_cls, model_cls = FAMILIES[family]
+    model = randomize_(model_cls(config_cls(**cfg)), seed)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(directory, **kwargs)
     return model

@@ -17,7 +17,7 @@ from tests.ports import hf_fixtures
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("hf")
-    hf_fixtures.qwen2(d, num_hidden_layers=2, tie_word_embeddings=False)
+    hf_fixtures.causal_lm(d, num_hidden_layers=2, tie_word_embeddings=False)
     return d
 
 
@@ -71,7 +71,7 @@ def test_truncated_file(hf_dir, tmp_path):
 
 
 def test_missing_shard(tmp_path):
-    hf_fixtures.qwen2(tmp_path / "hf", max_shard_size="30KB")
+    hf_fixtures.causal_lm(tmp_path / "hf", max_shard_size="30KB")
     index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
     shard = sorted(set(index["weight_map"].values()))[1]
     (tmp_path / "hf" / shard).unlink()

@@ -1,4 +1,5 @@
-"""The Flax decoder against transformers' Qwen2ForCausalLM, through save_pretrained -> convert -> load."""
+"""The Flax decoder against transformers' Qwen2ForCausalLM and LlamaForCausalLM, through save_pretrained ->
+convert -> load."""
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,9 @@ CONFIGS = {
                           "rope_type": "default", "rope_theta": 1e6}),
     "explicit_head_dim": dict(hidden_size=24, head_dim=10, num_attention_heads=3, num_key_value_heads=3),
 }
+# Llama: the same shapes without q/k/v biases (its default), plus one with them.
+LLAMA_CONFIGS = {**CONFIGS, "gqa_bias": dict(num_attention_heads=4, num_key_value_heads=2, attention_bias=True)}
+CASES = [("qwen2", name) for name in sorted(CONFIGS)] + [("llama", name) for name in sorted(LLAMA_CONFIGS)]
 
 
 def padded_batch(vocab, padding_side, seed=0):
@@ -39,14 +43,17 @@ def padded_batch(vocab, padding_side, seed=0):
     return ids, mask, positions
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("family, name", CASES)
 @pytest.mark.parametrize("shard", [None, "30KB"])
-def test_parity_with_transformers(tmp_path, name, shard):
-    torch_model = hf_fixtures.qwen2(tmp_path / "hf", max_shard_size=shard, **CONFIGS[name])
+def test_parity_with_transformers(tmp_path, family, name, shard):
+    config = (CONFIGS if family == "qwen2" else LLAMA_CONFIGS)[name]
+    torch_model = hf_fixtures.causal_lm(tmp_path / "hf", family, max_shard_size=shard, **config)
     if shard:
         assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
-    ports.convert(tmp_path / "hf", tmp_path / "jax", "qwen2")
+    ports.convert(tmp_path / "hf", tmp_path / "jax", family)
     module, params = ports.load(tmp_path / "jax")
+    assert module.config.attention_bias == (family == "qwen2" or config.get("attention_bias", False))
+    assert ("bias" in params["model"]["layers"]["self_attn"]["q_proj"]) == module.config.attention_bias
     vocab = torch_model.config.vocab_size
     for side in ("left", "right"):
         ids, mask, positions = padded_batch(vocab, side)

@@ -63,7 +63,7 @@ def test_sharded_equals_one_device(tiny, shape):
 
 
 def test_load_restores_straight_into_shards(tmp_path):
-    torch_model = hf_fixtures.qwen2(tmp_path / "hf", intermediate_size=64, vocab_size=64)
+    torch_model = hf_fixtures.causal_lm(tmp_path / "hf", intermediate_size=64, vocab_size=64)
     ports.convert(tmp_path / "hf", tmp_path / "jax", "qwen2")
     mesh = sharding.make_mesh(data=2, model=4)
     module, params = ports.load(tmp_path / "jax", mesh=mesh)
