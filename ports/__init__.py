@@ -13,6 +13,7 @@ Public API::
 Neuron sites and the ``interventions`` argument: see :mod:`ports.sites`.
 """
 
+from ports import packaged
 from ports.checkpoint import load, save
 from ports.config import DecoderConfig, UnsupportedConfigError
 from ports.convert import convert, convert_ct2, convert_gguf, export, from_ct2, from_gguf
@@ -25,5 +26,5 @@ from ports.sites import SITES, capture_filter, collect
 __all__ = [
     "MODELS", "SITES", "CheckpointFileError", "ConversionError", "Decoder", "DecoderConfig",
     "Qwen2ForCausalLM", "UnsupportedConfigError", "capture_filter", "collect", "convert", "convert_ct2", "convert_gguf",
-    "export", "from_ct2", "from_gguf", "load", "save",
+    "export", "from_ct2", "from_gguf", "load", "packaged", "save",
 ]

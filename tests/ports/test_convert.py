@@ -160,22 +160,52 @@ def test_load_rejects_a_directory_that_is_not_ours(hf_dir):
         ports.load(hf_dir)
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_export_loads_in_transformers_and_round_trips(tmp_path, tied):
+@pytest.mark.parametrize("family, tied, bias", [("qwen2", False, True), ("qwen2", True, True),
+                                               ("llama", True, False), ("llama", False, True)])
+def test_export_loads_in_transformers_and_round_trips(tmp_path, family, tied, bias):
     import jax
-    from transformers import Qwen2ForCausalLM as TorchQwen2
 
     cfg = DecoderConfig(vocab_size=40, hidden_size=16, intermediate_size=20, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, head_dim=4, rope_theta=1e4,
-                        tie_word_embeddings=tied)
+                        tie_word_embeddings=tied, attention_bias=bias, model_type=family)
     module = ports.Qwen2ForCausalLM(cfg)
     ids = np.random.RandomState(0).randint(0, 40, (2, 5))
     params = module.init(jax.random.key(1), ids)["params"]
     params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(2), x.shape), params)
-    ports.export("qwen2", cfg, params, tmp_path / "hf")
-    torch_model = TorchQwen2.from_pretrained(tmp_path / "hf").eval()
+    ports.export(family, cfg, params, tmp_path / "hf")
+    torch_model = hf_fixtures.FAMILIES[family][1].from_pretrained(tmp_path / "hf").eval()
+    assert type(torch_model).__name__ == cfg.to_hf()["architectures"][0]
     ref = hf_fixtures.torch_logits(torch_model, ids, np.ones_like(ids), np.tile(np.arange(5), (2, 1)))
     np.testing.assert_allclose(module.apply({"params": params}, input_ids=ids), ref, atol=1e-4)
-    ports.convert(tmp_path / "hf", tmp_path / "back", "qwen2")
-    _, back = ports.load(tmp_path / "back")
+    ports.convert(tmp_path / "hf", tmp_path / "back", family)
+    back_module, back = ports.load(tmp_path / "back")
+    assert back_module.config == cfg
     jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(mlp_bias=True), "mlp_bias=True is not implemented"),
+    (dict(attention_dropout=0.1), "attention_dropout=0.1 is not implemented"),
+    (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
+     "rope_type='llama3' is not implemented"),
+    (dict(use_sliding_window=True, sliding_window=16), "use_sliding_window=True is not implemented"),
+])
+def test_llama_config_attributes_the_port_lacks_are_refused(edit, message):
+    from transformers import LlamaConfig
+
+    hf = LlamaConfig(vocab_size=8, hidden_size=4, intermediate_size=4, num_hidden_layers=1,
+                     num_attention_heads=1).to_dict()
+    assert DecoderConfig.from_hf(hf, "llama").model_type == "llama"  # transformers' own defaults are read
+    with pytest.raises(ports.UnsupportedConfigError, match=message):
+        DecoderConfig.from_hf({**hf, **edit}, "llama")
+
+
+def test_attention_bias_is_a_llama_attribute():
+    qwen = dict(model_type="qwen2", vocab_size=8, hidden_size=4, intermediate_size=4, num_hidden_layers=1,
+                num_attention_heads=1)
+    with pytest.raises(ports.UnsupportedConfigError, match=r"unknown attributes \['attention_bias'\]"):
+        DecoderConfig.from_hf({**qwen, "attention_bias": False})
+    llama = DecoderConfig.from_hf({**qwen, "model_type": "llama"}, "llama")
+    assert (llama.attention_bias, llama.o_proj_bias) == (False, False)
+    with pytest.raises(ValueError, match="a qwen2 decoder always has q/k/v biases"):
+        DecoderConfig(**{**llama.to_dict(), "model_type": "qwen2"})
