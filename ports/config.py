@@ -88,10 +88,11 @@ class DecoderConfig(Config):
         missing = [k for k in _REQUIRED if k not in hf]
         if missing:
             problems.append(f"missing attributes {missing}")
-        if model_type not in FAMILIES:
+        if model_type not in FAMILY_OF:
             raise UnsupportedConfigError(f"model_type={model_type!r} has no decoder port; expected one of "
-                                         f"{sorted(FAMILIES)}")
-        implemented = _IMPLEMENTED | _FAMILY_ATTRIBUTES[model_type]
+                                         f"{sorted(FAMILY_OF)}")
+        family = FAMILY_OF[model_type]
+        implemented = _IMPLEMENTED | _FAMILY_ATTRIBUTES[family]
         unknown = sorted(set(hf) - implemented - _IGNORED - set(_INERT))
         if unknown:
             problems.append(f"unknown attributes {unknown} (the {model_type} port implements "
@@ -116,13 +117,15 @@ class DecoderConfig(Config):
             rope_theta=rope,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             tie_word_embeddings=hf.get("tie_word_embeddings", False),
-            attention_bias=hf.get("attention_bias", False) if model_type == "llama" else True,
-            model_type=model_type,
+            attention_bias=hf.get("attention_bias", False) if family == "llama" else True,
+            model_type=family,
         )
 
 
-# transformers' model_type -> its causal-LM class: the decoder families the port reads and exports.
+# The decoder families the port reads and exports, with transformers' causal-LM class of each.
 FAMILIES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+# config.json model_types whose decoder the port reads -> its family (Omni's text config is a Qwen2 decoder).
+FAMILY_OF = {"qwen2": "qwen2", "qwen2_5_omni_text": "qwen2", "llama": "llama"}
 
 
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")

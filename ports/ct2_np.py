@@ -123,7 +123,9 @@ def encoder_config(ckpt: CTranslate2Checkpoint) -> AudioEncoderConfig:
 
 
 def rules(config: AudioEncoderConfig) -> tuple[Rule, ...]:
-    """CTranslate2's encoder names -> :class:`ports.audio.AudioEncoder` paths (at the root of the tree)."""
+    """CTranslate2's encoder names -> :class:`ports.audio.AudioEncoder` paths (at the root of the tree).
+
+    Read-only: the fused q/k/v rules have no inverse (export goes through the Hugging Face table)."""
     d = config.d_model
     layer = f"encoder/layer_{LAYER}"
 

@@ -154,7 +154,7 @@ def test_bad_files_are_refused_by_name(tiny, tmp_path):
     refused(tmp_path / "nowhere", FileNotFoundError, "has no model.bin; expected a CTranslate2 model directory")
 
 
-def test_whisper_tiny_en_matches_ctranslate2():
+def test_whisper_tiny_en_matches_ctranslate2(report):
     """The real weights on a real (synthesised) speech clip.
 
     Bound: both sides read the same float16 values, widen them exactly to float32 and compute in float32, so
@@ -175,5 +175,5 @@ def test_whisper_tiny_en_matches_ctranslate2():
     ours, ref = encode_ours(config, params, feats), encode_ct2(directory, feats)
     assert ours.shape == ref.shape == (1, 1500, 384)
     diff, scale = np.abs(ours - ref).max(), np.abs(ref).max()
-    print(f"Whisper tiny.en: max |Δ| {diff:.2e}, output scale {scale:.2f}")
+    report(f"Whisper tiny.en: max |Δ| {diff:.2e}, output scale {scale:.2f}")
     assert diff <= 1e-4 * scale

@@ -204,14 +204,14 @@ def test_smollm2_config_and_tokenizer(smollm2):
     assert batch["attention_mask"][:, -1].all() and not batch["attention_mask"].all()  # left-padded rows
 
 
-def test_smollm2_logits_match_transformers(smollm2):
+def test_smollm2_logits_match_transformers(smollm2, report):
     _, module, params, _, batch, reference = smollm2
     ids, mask = batch["input_ids"], batch["attention_mask"]
     ours = np.asarray(jax.jit(module.apply)({"params": params}, input_ids=ids, attention_mask=mask))
     ref = torch_logits(reference, ids, mask)
     real = mask.astype(bool)
     diff = np.abs(ours - ref)[real].max()
-    print(f"SmolLM2 float32: max |Δlogits| {diff:.2e} over {real.sum()} positions (|logits| up to "
+    report(f"SmolLM2 float32: max |Δlogits| {diff:.2e} over {real.sum()} positions (|logits| up to "
           f"{np.abs(ref[real]).max():.1f})")
     assert diff <= 1e-3
     np.testing.assert_array_equal(ours.argmax(-1)[real], ref.argmax(-1)[real])
@@ -231,7 +231,7 @@ def greedy(module, params, ids, mask, steps):
     return buf[:, t:]
 
 
-def test_smollm2_greedy_generation_matches_transformers(smollm2):
+def test_smollm2_greedy_generation_matches_transformers(smollm2, report):
     _, module, params, tokenizer, batch, reference = smollm2
     ids, mask, steps = batch["input_ids"], batch["attention_mask"], 8
     ours = greedy(module, params, ids, mask, steps)
@@ -243,10 +243,10 @@ def test_smollm2_greedy_generation_matches_transformers(smollm2):
         ended = np.flatnonzero(ref[row] == tokenizer.eos_token_id)
         n = ended[0] + 1 if ended.size else steps
         np.testing.assert_array_equal(ours[row, :n], ref[row, :n])
-    print("SmolLM2 greedy:", [tokenizer.decode(r) for r in ours])
+    report(f"SmolLM2 greedy, ours = transformers: {[tokenizer.decode(r) for r in ours]}")
 
 
-def test_smollm2_bfloat16(smollm2):
+def test_smollm2_bfloat16(smollm2, report):
     out, module, params, _, batch, _ = smollm2
     ids, mask = batch["input_ids"], batch["attention_mask"]
     low_module, low_params = ports.load(out, dtype=jnp.bfloat16)
@@ -255,6 +255,6 @@ def test_smollm2_bfloat16(smollm2):
     high = np.asarray(jax.jit(module.apply)({"params": params}, input_ids=ids, attention_mask=mask))
     real = mask.astype(bool)
     agreement = (low.argmax(-1) == high.argmax(-1))[real].mean()
-    print(f"SmolLM2 bfloat16: top-1 agreement with float32 {agreement:.3f} over {real.sum()} positions, "
+    report(f"SmolLM2 bfloat16: top-1 agreement with float32 {agreement:.3f} over {real.sum()} positions, "
           f"max |Δlogits| {np.abs(low - high)[real].max():.2f}")
     assert agreement > 0.5  # a broken bfloat16 path agrees at chance (~0); rounding alone flips only near-ties
