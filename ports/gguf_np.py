@@ -11,6 +11,7 @@ interleaved pairs (x0, x1), (x2, x3), ...; our decoder (like transformers) rotat
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,15 @@ class GGUFCheckpoint:
         return "tokenizer.ggml.model" in self._fields
 
 
+@functools.cache
 def _dequantisable(kind) -> bool:
-    if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-        return True
-    return kind in gguf.quants._type_traits  # the package's registry of numpy dequantisers
+    """Whether the gguf package dequantises ``kind`` in numpy, asked of it on one block of zeros."""
+    _, block_bytes = gguf.GGML_QUANT_SIZES[kind]
+    try:
+        gguf.quants.dequantize(np.zeros((1, block_bytes), np.uint8), kind)
+    except NotImplementedError:
+        return False
+    return True
 
 
 def decoder_config(ckpt: GGUFCheckpoint) -> DecoderConfig:
