@@ -32,7 +32,7 @@ from ports.audio import (
     is_concrete,
     splice,
 )
-from ports.config import Config, DecoderConfig, UnsupportedConfigError
+from ports.config import FAMILIES, Config, DecoderConfig, UnsupportedConfigError
 from ports.decoder import Qwen2ForCausalLM
 from ports.rules import Rule, attention_biases, decoder_rules
 
@@ -69,7 +69,11 @@ class AudioFlamingo3Config(Config):
                                          + "; ".join(problems))
         audio = encoder_config_from_hf(hf["audio_config"], names=_AUDIO_NAMES, extra={"pool": True},
                                        what="audio_config")
-        return cls(audio=audio, text=DecoderConfig.from_hf(hf["text_config"], "qwen2"),
+        text = hf["text_config"]  # a Qwen2 language model (the released 7B) or a Llama one
+        family = text.get("model_type") if text.get("model_type") in FAMILIES else "qwen2"
+        # transformers' AF3 class always has its own lm_head, whatever text_config says about tying.
+        text = {**text, "tie_word_embeddings": False}
+        return cls(audio=audio, text=DecoderConfig.from_hf(text, family),
                    audio_token_id=hf.get("audio_token_id", 151669), projector_bias=hf.get("projector_bias", True))
 
 

@@ -88,6 +88,31 @@ def test_logits_match_transformers(converted, clip_frames):
     assert diff <= TOL
 
 
+def test_a_llama_language_model_matches_transformers(tmp_path):
+    """AF3's architecture around a Llama decoder (no biases), as the embedded mini-LALM is built. The text
+    config says tied, but transformers' AF3 keeps its own lm_head (randomised apart here): so must we."""
+    text = {**TEXT, "model_type": "llama", "tie_word_embeddings": True,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e5}}
+    torch.manual_seed(1)
+    hf = randomize_(AudioFlamingo3ForConditionalGeneration(
+        HFConfig(audio_config=AUDIO, text_config=text, audio_token_id=SOUND)))
+    hf.save_pretrained(tmp_path / "hf")
+    ports.convert(tmp_path / "hf", tmp_path / "ours", "audio_flamingo3")
+    module, params = ports.load(tmp_path / "ours")
+    assert (module.config.text.model_type, module.config.text.attention_bias) == ("llama", False)
+    assert not module.config.text.tie_word_embeddings
+    assert "bias" not in params["language_model"]["model"]["layers"]["self_attn"]["q_proj"]
+    feats, fmask, _ = windows([40, 13])
+    ids, mask = prompts(processor_counts([40, 13]))
+    with torch.no_grad():
+        want = hf(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
+                  input_features=torch.as_tensor(feats), input_features_mask=torch.as_tensor(fmask)).logits.numpy()
+    got = np.asarray(module.apply({"params": params}, input_ids=jnp.asarray(ids), input_features=jnp.asarray(feats),
+                                  input_features_mask=jnp.asarray(fmask), attention_mask=jnp.asarray(mask)))
+    real = mask.astype(bool)
+    assert max_abs_diff(got[real], want[real]) <= TOL
+
+
 def test_processor_and_model_counts_agree_only_for_whole_windows():
     """The processor counts tokens on each clip's summed frames; the model sums per-window counts. They
     agree when every window but the last is whole (how the processor cuts); a window of odd conv length
