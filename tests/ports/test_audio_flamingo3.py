@@ -27,16 +27,33 @@ AUDIO = dict(num_mel_bins=MEL, hidden_size=16, num_hidden_layers=2, num_attentio
 TOL = 1e-4
 
 
+def convert_random(root, text, seed=0):
+    """A random transformers AF3 with ``text`` as its text_config, saved and converted: (hf, module, params)."""
+    torch.manual_seed(seed)
+    hf = randomize_(AudioFlamingo3ForConditionalGeneration(
+        HFConfig(audio_config=AUDIO, text_config=text, audio_token_id=SOUND)), seed)
+    hf.save_pretrained(root / "hf")
+    ports.convert(root / "hf", root / "ours", "audio_flamingo3")
+    return (hf, *ports.load(root / "ours"))
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("af3")
-    torch.manual_seed(0)
-    hf = randomize_(AudioFlamingo3ForConditionalGeneration(
-        HFConfig(audio_config=AUDIO, text_config=TEXT, audio_token_id=SOUND)))
-    hf.save_pretrained(root / "hf")
-    ports.convert(root / "hf", root / "ours", "audio_flamingo3")
-    module, params = ports.load(root / "ours")
-    return hf, module, params, root
+    return (*convert_random(root, TEXT), root)
+
+
+def max_diff_to_transformers(hf, module, params, clip_frames):
+    """max |Δlogits| over the real positions of left-padded prompts holding clips of ``clip_frames``."""
+    feats, fmask, _ = windows(clip_frames)
+    ids, mask = prompts(processor_counts(clip_frames))
+    with torch.no_grad():
+        want = hf(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
+                  input_features=torch.as_tensor(feats), input_features_mask=torch.as_tensor(fmask)).logits.numpy()
+    got = np.asarray(module.apply({"params": params}, input_ids=jnp.asarray(ids), input_features=jnp.asarray(feats),
+                                  input_features_mask=jnp.asarray(fmask), attention_mask=jnp.asarray(mask)))
+    real = mask.astype(bool)
+    return max_abs_diff(got[real], want[real])
 
 
 def windows(clip_frames, seed=0):
@@ -70,20 +87,11 @@ def prompts(n_audio):
                          ids=["one-window", "several-windows", "partial-windows"])
 def test_logits_match_transformers(converted, clip_frames):
     hf, module, params, _ = converted
-    feats, fmask, _ = windows(clip_frames)
-    n_audio = processor_counts(clip_frames)
+    _, fmask, _ = windows(clip_frames)
     # Windows are cut at WINDOW frames (an even number of conv outputs), so the processor's count on the
     # summed length equals the model's sum of per-window counts.
-    per_window = output_lengths(fmask.sum(1))
-    assert sum(n_audio) == int(per_window.sum())
-    ids, mask = prompts(n_audio)
-    with torch.no_grad():
-        want = hf(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
-                  input_features=torch.as_tensor(feats), input_features_mask=torch.as_tensor(fmask)).logits.numpy()
-    got = np.asarray(module.apply({"params": params}, input_ids=jnp.asarray(ids), input_features=jnp.asarray(feats),
-                                  input_features_mask=jnp.asarray(fmask), attention_mask=jnp.asarray(mask)))
-    real = mask.astype(bool)
-    diff = max_abs_diff(got[real], want[real])
+    assert sum(processor_counts(clip_frames)) == int(output_lengths(fmask.sum(1)).sum())
+    diff = max_diff_to_transformers(hf, module, params, clip_frames)
     print(f"audio_flamingo3 {clip_frames}: max |dlogits| = {diff:.2e}")
     assert diff <= TOL
 
@@ -93,24 +101,11 @@ def test_a_llama_language_model_matches_transformers(tmp_path):
     config says tied, but transformers' AF3 keeps its own lm_head (randomised apart here): so must we."""
     text = {**TEXT, "model_type": "llama", "tie_word_embeddings": True,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1e5}}
-    torch.manual_seed(1)
-    hf = randomize_(AudioFlamingo3ForConditionalGeneration(
-        HFConfig(audio_config=AUDIO, text_config=text, audio_token_id=SOUND)))
-    hf.save_pretrained(tmp_path / "hf")
-    ports.convert(tmp_path / "hf", tmp_path / "ours", "audio_flamingo3")
-    module, params = ports.load(tmp_path / "ours")
+    hf, module, params = convert_random(tmp_path, text, seed=1)
     assert (module.config.text.model_type, module.config.text.attention_bias) == ("llama", False)
     assert not module.config.text.tie_word_embeddings
     assert "bias" not in params["language_model"]["model"]["layers"]["self_attn"]["q_proj"]
-    feats, fmask, _ = windows([40, 13])
-    ids, mask = prompts(processor_counts([40, 13]))
-    with torch.no_grad():
-        want = hf(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
-                  input_features=torch.as_tensor(feats), input_features_mask=torch.as_tensor(fmask)).logits.numpy()
-    got = np.asarray(module.apply({"params": params}, input_ids=jnp.asarray(ids), input_features=jnp.asarray(feats),
-                                  input_features_mask=jnp.asarray(fmask), attention_mask=jnp.asarray(mask)))
-    real = mask.astype(bool)
-    assert max_abs_diff(got[real], want[real]) <= TOL
+    assert max_diff_to_transformers(hf, module, params, [40, 13]) <= TOL
 
 
 def test_processor_and_model_counts_agree_only_for_whole_windows():
