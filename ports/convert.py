@@ -53,7 +53,10 @@ def from_hf_dir(hf_dir: str | Path, model: str, dtype: str | None = None):
 
 def from_gguf(path: str | Path, dtype: str | None = None):
     """``(config, params)`` of a llama.cpp GGUF file holding a Llama decoder, dequantised (default float32)."""
-    ckpt = gguf_np.GGUFCheckpoint(path)
+    return _read_gguf(gguf_np.GGUFCheckpoint(path), dtype)
+
+
+def _read_gguf(ckpt: gguf_np.GGUFCheckpoint, dtype: str | None):
     config = gguf_np.decoder_config(ckpt)
     return config, read_params("llama", config, ckpt, gguf_np.rules(config), dtype)
 
@@ -63,16 +66,16 @@ def convert_gguf(path: str | Path, out: str | Path, dtype: str | None = None, ov
     tokenizer conversion, with the GGUF's chat template), so that ``ports.prompts.load_tokenizer(out)`` works.
     A GGUF without tokenizer metadata gives a checkpoint without tokenizer files."""
     path = Path(path)
-    has_tokenizer = gguf_np.GGUFCheckpoint(path).has_tokenizer
-    if has_tokenizer and importlib.util.find_spec("torch") is None:
+    ckpt = gguf_np.GGUFCheckpoint(path)  # opened once: parsing a tokenizer's metadata takes seconds
+    if ckpt.has_tokenizer and importlib.util.find_spec("torch") is None:
         raise ImportError("transformers' GGUF tokenizer conversion needs torch; install it with "
                           "`pip install -e \".[convert]\"` (torch==2.13.0, the CPU wheel)")
     from transformers import AutoTokenizer
 
-    config, params = from_gguf(path, dtype)
+    config, params = _read_gguf(ckpt, dtype)
     with checkpoint.atomic_directory(out, overwrite) as tmp:
         checkpoint.write(tmp, "llama", config, params)
-        if has_tokenizer:
+        if ckpt.has_tokenizer:
             AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(tmp)
     return Path(out).absolute()
 
