@@ -1,14 +1,16 @@
 """The ESN study's configuration: one source of truth for ``experiments/run_study.py``.
 
-  --config=configs/study.py                                   the reference model on synthetic_prosody
+  --config=configs/study.py                                   the mini-LALM on synthetic_prosody (lean sizes)
+  --config=configs/study.py:full                              the same, thorough (more items, k, α, seeds)
   --config=configs/study.py:local                             a fast variant (CI, a first look)
-  --config=configs/study.py:model=qwen2_5_omni,checkpoint=/ckpt/omni_jax,tokenizer=/ckpt/Qwen2.5-Omni-7B,dataset=iemocap
+  --config=configs/study.py:checkpoint=/ckpt/omni_jax,tokenizer=/ckpt/Qwen2.5-Omni-7B,dataset=iemocap
 
-The argument is ``key=value`` pairs separated by commas (``local`` alone is ``local=true``); list values
-use ``+`` between items (``ks=0.005+0.01``, ``selectors=lap+cas``). Unknown keys raise a ValueError that
-lists the known ones. Empty strings mean "derive it": ``checkpoint`` from the package's reference model,
-``tokenizer`` from the checkpoint, ``labels`` / ``question`` / ``system`` from the checkpoint's
-``reference.json`` when it has one (else the dataset's four-class labels and a generic question).
+The argument is ``key=value`` pairs separated by commas (``local`` alone is ``local=true``, ``full`` alone
+``full=true``); list values use ``+`` between items (``ks=0.005+0.01``, ``selectors=lap+cas``). Unknown keys
+raise a ValueError that lists the known ones. Empty strings mean "derive it": ``model`` from the checkpoint,
+``checkpoint`` from the package's mini-LALM, ``tokenizer`` from the checkpoint, ``labels`` / ``question`` /
+``system`` from the checkpoint's ``reference.json`` when it has one (else the dataset's four-class labels and
+a generic question).
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ from pathlib import Path
 
 import ml_collections
 
-# Where experiments/train_reference.py ships the trained model (esn_jax.reference.DEFAULT_DIR); a path,
-# not an import, so that reading the config stays cheap.
-REFERENCE_DIR = str(Path(__file__).resolve().parent.parent / "esn_jax" / "reference" / "model")
+# Where experiments/train_reference.py ships the trained projector (esn_jax.reference.mini_lalm.DEFAULT_DIR);
+# a path, not an import, so that reading the config stays cheap.
+REFERENCE_DIR = str(Path(__file__).resolve().parent.parent / "esn_jax" / "reference" / "mini_lalm")
 SELECTORS = ("lap", "lape", "mad", "cas", "grad")  # the paper's four + gradient attribution
 MODELS = ("qwen2_5_omni", "audio_flamingo3", "kimi_audio")
 
 
-def defaults(local: bool = False) -> dict:
-    """Every key with its default; ``local`` shrinks the work (few items, few variants, few resamples)."""
+def defaults(local: bool = False, full: bool = False) -> dict:
+    """Every key with its default; ``local`` shrinks the work (few items, few variants, few resamples),
+    ``full`` grows it (the default is sized to run in minutes on two CPU cores)."""
     return dict(
         local=local,
-        model="qwen2_5_omni",
+        full=full,
+        model="",  # default: what the checkpoint holds; set it to assert that
         checkpoint=REFERENCE_DIR,
         tokenizer="",  # default: the checkpoint directory
         dtype="",  # default: as stored; e.g. bfloat16 for 7B models on accelerators
@@ -46,22 +50,24 @@ def defaults(local: bool = False) -> dict:
         eval_split="test",  # clean evaluation and every intervention
         transfer_id_split="train",
         transfer_eval_split="test",
-        max_id_items=24 if local else 320,  # 0 = the whole split; a seeded, label-stratified subset otherwise
-        max_eval_items=16 if local else 160,
+        # 0 = the whole split; a seeded, label-stratified subset otherwise
+        max_id_items=24 if local else (320 if full else 96),
+        max_eval_items=16 if local else (160 if full else 48),
         batch_size=8 if local else 16,
-        buckets="4+8+16+30",  # seconds; one compiled shape per bucket
+        # seconds; one compiled shape per bucket that clips fall in (unused buckets cost nothing)
+        buckets="2+3+4+8+16+30",
         site="gate_act",
         positions="all",
         success_filter=True,
         selectors="+".join(SELECTORS),
-        # Fractions of all L·I neurons (or counts >= 1). The reference model has only 2 × 256 neurons and
-        # shrugs off ablating 1 % of them; at 7B the paper's range is about 0.005+0.01+0.02.
-        ks="0.01+0.05" if local else "0.02+0.05+0.1",
+        # Fractions of all L·I neurons (or counts >= 1): the paper's range at 7B is about 0.005-0.02, and 0.01
+        # is LAPE's own kept share (Tang et al.); the mini-LALM has 30 × 1536 = 46,080 neurons.
+        ks="0.01+0.05" if local else ("0.005+0.01+0.02" if full else "0.005+0.01"),
         main_k=1,  # index into ks of the k used for steering, agnostic injection, layers and transfer
-        alphas="1+4" if local else "1+2+4+8",
-        random_seeds="0+1",  # one matched random control per seed and mask
-        bootstrap=50 if local else 1000,
-        permutations=200 if local else 5000,
+        alphas="1+4" if local else ("1+2+4+8" if full else "2+8"),
+        random_seeds="0+1+2" if full else "0",  # one matched random control per seed and mask
+        bootstrap=50 if local else (1000 if full else 500),
+        permutations=200 if local else (5000 if full else 2000),
         variant_chunk=16,  # interventions scored per compiled call
         seed=0,
     )
@@ -82,7 +88,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         key, sep, value = part.partition("=")
         pairs[key.strip()] = value.strip() if sep else "true"
     local = pairs.pop("local", "false").lower() in ("1", "true", "yes")
-    values = defaults(local)
+    full = pairs.pop("full", "false").lower() in ("1", "true", "yes")
+    if local and full:
+        raise ValueError("choose at most one of local and full")
+    values = defaults(local, full)
     unknown = sorted(set(pairs) - set(values))
     if unknown:
         raise ValueError(f"unknown study config keys {unknown}; known keys: {sorted(values)}")
@@ -104,8 +113,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def validate(cfg) -> None:
     """Raises a ValueError naming every bad value (run again on configs edited through --config.X flags)."""
     problems = []
-    if cfg.model not in MODELS:
-        problems.append(f"model={cfg.model!r} (choose from {MODELS})")
+    if cfg.model and cfg.model not in MODELS:
+        problems.append(f"model={cfg.model!r} (choose from {MODELS}, or leave it empty: the checkpoint's)")
     bad = sorted(set(parse_list("selectors", cfg.selectors)) - set(SELECTORS))
     if bad or not parse_list("selectors", cfg.selectors):
         problems.append(f"selectors {bad or '(none)'} (choose from {SELECTORS})")

@@ -72,20 +72,15 @@ def embed(module, params, batch: Mapping[str, Any]) -> dict:
     return out
 
 
-def _extend_edits(interventions: Interventions, repeats: int, extra: int, batch: int, length: int):
-    """Fits position-specific edits ``[L, B, T, I]`` to rows repeated per label and ``extra`` appended tokens.
-
-    Appended (label) tokens get the identity edit; ``[L, I]``-style edits need nothing.
-    """
+def _extend_edits(interventions: Interventions, extra: int, length: int):
+    """Fits position-specific edits ``[L, B, T, I]`` to ``extra`` tokens appended to the prompt: the appended
+    (label) tokens get the identity edit; ``[L, I]``-style edits need nothing."""
 
     def fit(site, kind, value):
         value = jnp.asarray(value)
-        if value.ndim == 4:
-            if value.shape[1] == batch and repeats > 1:
-                value = jnp.repeat(value, repeats, axis=1)
-            if value.shape[2] == length and extra:
-                pad = jnp.full((*value.shape[:2], extra, value.shape[3]), IDENTITY[kind], value.dtype)
-                value = jnp.concatenate([value, pad], axis=2)
+        if value.ndim == 4 and value.shape[2] == length and extra:
+            pad = jnp.full((*value.shape[:2], extra, value.shape[3]), IDENTITY[kind], value.dtype)
+            value = jnp.concatenate([value, pad], axis=2)
         return value
 
     return map_edits(fit, interventions)
@@ -97,9 +92,9 @@ def score_labels(module, params, batch: Mapping[str, Any], label_token_ids: Sequ
 
     batch: the port's forward kwargs (``input_ids`` [B, T] or ``inputs_embeds`` [B, T, H],
     ``attention_mask`` [B, T], ...), optionally ``answer_positions`` [B].
-    label_token_ids: N token-id sequences. A single-token label set costs one forward pass; with
-    multi-token labels the prompt is embedded once and each row is run once per label with the label's
-    tokens, embedded by the port's ``embed_answer``, appended.
+    label_token_ids: N token-id sequences. A single-token label set costs one forward pass; multi-token
+    labels too: every label's tokens but its last, embedded by the port's ``embed_answer``, are packed after
+    the prompt, each label's seeing only the prompt and itself (a [B, T, T] attention mask).
     interventions: see :mod:`ports.sites`; position-specific edits ``[L, B, T, I]`` cover the prompt.
     prefix: the key/value cache of tokens preceding every row (see :mod:`esn_jax.prefix`), or None.
     """
@@ -117,40 +112,47 @@ def score_labels(module, params, batch: Mapping[str, Any], label_token_ids: Sequ
 
 
 def _score_multi_token(module, params, model_kw, labels: LabelTokens, longest: int, answer, interventions, prefix):
-    n = len(labels)
-    ids = np.zeros((n, longest), np.int32)
-    valid = np.zeros((n, longest), np.float32)
-    for j, seq in enumerate(labels):
-        ids[j, : len(seq)] = seq
-        valid[j, : len(seq)] = 1.0
-    extra = longest - 1
+    # Every label's teacher-forced tokens (all but its last) are packed after the prompt in one row: label j's
+    # tokens see the prompt and each other, never another label's. One forward of T + F tokens per prompt,
+    # instead of one of T + M - 1 per prompt and label.
+    forced = [ids[:-1] for ids in labels]
+    segment = np.concatenate([np.full(len(f), j + 1, np.int32) for j, f in enumerate(forced)])
+    offset = np.concatenate([np.arange(len(f), dtype=np.int32) for f in forced])
+    packed = np.concatenate([np.asarray(f, np.int32) for f in forced])
+    f = len(packed)
     # Appending label tokens is done on embeddings, so ports with several input streams need no special case.
     model_kw = embed(module, params, model_kw)
-    b, t = model_kw["inputs_embeds"].shape[:2]
-    # Row b*n + j holds prompt b followed by label j's teacher-forced tokens (all but its last).
-    forced = jnp.tile(jnp.asarray(ids[:, :extra]), (b, 1))
-
-    def rep(x):
-        return jnp.repeat(x, n, axis=0)
-
-    label_embeds = module.apply({"params": params}, forced, method="embed_answer")
-    kw = {"inputs_embeds": jnp.concatenate([rep(model_kw["inputs_embeds"]),
-                                            label_embeds.astype(model_kw["inputs_embeds"].dtype)], axis=1)}
+    x = model_kw["inputs_embeds"]
+    b, t = x.shape[:2]
+    label_embeds = module.apply({"params": params}, jnp.broadcast_to(jnp.asarray(packed), (b, f)),
+                                method="embed_answer").astype(x.dtype)
     mask = model_kw.get("attention_mask")
     mask = jnp.ones((b, t), jnp.int32) if mask is None else jnp.asarray(mask)
-    kw["attention_mask"] = jnp.concatenate([rep(mask), jnp.ones((b * n, extra), mask.dtype)], axis=1)
-    if "position_ids" in model_kw:
-        pos = jnp.asarray(model_kw["position_ids"])
-        start = jnp.take_along_axis(pos, answer[:, None], axis=1) + 1
-        kw["position_ids"] = jnp.concatenate([rep(pos), rep(start + jnp.arange(extra, dtype=pos.dtype))], axis=1)
-    for key, value in model_kw.items():
-        if key not in ("inputs_embeds", "attention_mask", "position_ids"):
-            kw[key] = rep(value)
-    positions = jnp.concatenate([rep(answer)[:, None], jnp.broadcast_to(t + jnp.arange(extra), (b * n, extra))],
-                                axis=1)
-    edits = _extend_edits(interventions, n, extra, b, t)
+    p = 0 if prefix is None else jnp.shape(prefix["key"])[2]
+    pos = model_kw.get("position_ids")
+    pos = p + jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) if pos is None else jnp.asarray(pos)
+    start = jnp.take_along_axis(pos, answer[:, None], axis=1) + 1
+    seg = np.concatenate([np.zeros(t, np.int32), segment])
+    same = (seg[None, :] == 0) | (seg[:, None] == seg[None, :])  # [T + F (query), T + F (key)]
+    keys = jnp.concatenate([mask.astype(bool), jnp.ones((b, f), bool)], axis=1)
+    kw = {k: v for k, v in model_kw.items() if k not in ("inputs_embeds", "attention_mask", "position_ids")}
+    kw |= {"inputs_embeds": jnp.concatenate([x, label_embeds], axis=1),
+           "attention_mask": jnp.asarray(same)[None] & keys[:, None, :],
+           "position_ids": jnp.concatenate([pos, start + jnp.asarray(offset)], axis=1)}
+    positions = jnp.concatenate([answer[:, None], jnp.broadcast_to(t + jnp.arange(f), (b, f))], axis=1)
+    edits = _extend_edits(interventions, f, t)
     logits = module.apply({"params": params}, **kw, interventions=edits, logits_positions=positions, prefix=prefix)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B*N, M, vocab]
-    targets = jnp.tile(jnp.asarray(ids), (b, 1))
-    token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return (token_logp * jnp.tile(jnp.asarray(valid), (b, 1))).sum(-1).reshape(b, n)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, 1 + F, vocab]
+    # Label j's token i is predicted at the answer (i = 0) or at its own forced token i - 1.
+    rows, targets, first = [], [], 1
+    for ids in labels:
+        rows.append([0] + list(range(first, first + len(ids) - 1)))
+        targets.append(list(ids))
+        first += len(ids) - 1
+    where = np.zeros((len(labels), longest), np.int32)
+    what = np.zeros((len(labels), longest), np.int32)
+    valid = np.zeros((len(labels), longest), np.float32)
+    for j, (r, ids) in enumerate(zip(rows, targets, strict=True)):
+        where[j, :len(r)], what[j, :len(ids)], valid[j, :len(ids)] = r, ids, 1.0
+    token_logp = logp[:, where, what]  # [B, N, M]
+    return (token_logp * valid).sum(-1)

@@ -212,7 +212,9 @@ class AudioEncoder(nn.Module):
         """input_features [B, M, F] (transformers' layout), frames_mask [B, F] (1 = valid frame, a prefix
         of each row; None = all valid) -> (tokens [B, N, O], valid [B, N] bool).
 
-        Full-window regime: F must be ``2 * max_source_positions``. Chunked regime: any F.
+        Full-window regime: F is ``2 * max_source_positions``, or fewer: since the keys past a clip's frames
+        are masked, a window cut at least 2 frames after its clip's end (the convolutions' reach) gives the
+        clip exactly the tokens of the whole window, for a fraction of the work. Chunked regime: any F.
         """
         cfg = self.config
         b, m, f = input_features.shape
@@ -222,9 +224,10 @@ class AudioEncoder(nn.Module):
         ones = jnp.ones((b, f), jnp.int32)
         frames = (ones if frames_mask is None else frames_mask.astype(jnp.int32)).sum(-1)
         if cfg.chunk_frames is None:
-            if f != cfg.window_frames:
-                raise ValueError(f"input_features has {f} frames per window; the encoder takes exactly "
-                                 f"{cfg.window_frames} (2 * max_source_positions)")
+            if f > cfg.window_frames or f % 2:
+                raise ValueError(f"input_features has {f} frames per window; the encoder takes "
+                                 f"{cfg.window_frames} (2 * max_source_positions), or an even number fewer "
+                                 "(a window cut short: see check_clip_frames)")
             h, valid = self._full_window(x, frames)
         else:
             h, valid = self._chunked(x, frames)
@@ -240,7 +243,8 @@ class AudioEncoder(nn.Module):
 
     def _full_window(self, x, frames):
         h = jax.nn.gelu(self.conv1(x), approximate=False)
-        h = jax.nn.gelu(self.conv2(h), approximate=False) + self.embed_positions.astype(self.dtype)
+        h = jax.nn.gelu(self.conv2(h), approximate=False)
+        h = h + self.embed_positions[:h.shape[1]].astype(self.dtype)
         valid = jnp.arange(h.shape[1])[None, :] < conv_lengths(frames)[:, None]
         h, _ = self.layers(h, valid)
         return h, valid
@@ -284,6 +288,12 @@ def check_clip_frames(frames_mask, config: AudioEncoderConfig, what: str = "clip
         raise ValueError(f"the {what} frame mask is not a prefix of ones in every row; expected right padding "
                          "(the feature extractor's attention_mask)")
     frames = mask.sum(-1)
+    if config.chunk_frames is None and mask.shape[-1] < config.window_frames:
+        close = np.flatnonzero(frames > mask.shape[-1] - 2)
+        if close.size:
+            raise ValueError(f"{what}s {close.tolist()} end within 2 frames of a window cut to {mask.shape[-1]} "
+                             f"frames; their last tokens would see the cut (pad the window to {config.window_frames}"
+                             " frames, or cut it later)")
     tokens = output_lengths(frames) if config.pool else conv_lengths(frames)
     empty = np.flatnonzero(tokens <= 0)
     if empty.size:

@@ -67,17 +67,29 @@ def convert_gguf(path: str | Path, out: str | Path, dtype: str | None = None, ov
     A GGUF without tokenizer metadata gives a checkpoint without tokenizer files."""
     path = Path(path)
     ckpt = gguf_np.GGUFCheckpoint(path)  # opened once: parsing a tokenizer's metadata takes seconds
-    if ckpt.has_tokenizer and importlib.util.find_spec("torch") is None:
-        raise ImportError("transformers' GGUF tokenizer conversion needs torch; install it with "
-                          "`pip install -e \".[convert]\"` (torch==2.13.0, the CPU wheel)")
-    from transformers import AutoTokenizer
-
+    if ckpt.has_tokenizer:
+        _check_torch()
     config, params = _read_gguf(ckpt, dtype)
     with checkpoint.atomic_directory(out, overwrite) as tmp:
         checkpoint.write(tmp, "llama", config, params)
         if ckpt.has_tokenizer:
-            AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(tmp)
+            gguf_tokenizer(path).save_pretrained(tmp)
     return Path(out).absolute()
+
+
+def gguf_tokenizer(path: str | Path):
+    """The tokenizer and chat template in a GGUF file's metadata (transformers' GGUF conversion)."""
+    _check_torch()
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def _check_torch() -> None:
+    if importlib.util.find_spec("torch") is None:
+        raise ImportError("transformers' GGUF tokenizer conversion needs torch; install it with "
+                          "`pip install -e \".[convert]\"` (torch==2.13.0, the CPU wheel)")
 
 
 def from_ct2(directory: str | Path, dtype: str | None = None):

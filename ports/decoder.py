@@ -135,7 +135,9 @@ class Decoder(nn.Module):
         """Returns the final hidden states [B, T, H].
 
         input_ids [B, T] int, or inputs_embeds [B, T, H] (exactly one of them).
-        attention_mask [B, T], 1 = token, 0 = padding (left or right); default all ones.
+        attention_mask [B, T], 1 = token, 0 = padding (left or right); default all ones. Or [B, T, T]: which
+        earlier tokens each token may see (causality still applies; the prefix stays visible), e.g. several
+        continuations packed after one prompt; ``position_ids`` are then required.
         position_ids [B, T]; default ``cumsum(attention_mask) - 1`` so a padded row gets the positions it
         would have unpadded (transformers' bare forward uses 0..T-1 whatever the padding); after a
         prefix of P tokens the default starts at P.
@@ -150,12 +152,15 @@ class Decoder(nn.Module):
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), jnp.int32)
         p = 0 if prefix is None else check_prefix(prefix, cfg, b)
+        if attention_mask.ndim == 3 and position_ids is None:
+            raise ValueError("a [B, T, T] attention_mask needs position_ids [B, T]")
         if position_ids is None:
             position_ids = p + jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
         interventions = dict(interventions or {})
         check_interventions(interventions, cfg.num_hidden_layers, (b, t), cfg.intermediate_size)
         causal = jnp.tril(jnp.ones((t, t), bool))
-        mask = causal[None] & attention_mask.astype(bool)[:, None, :]
+        visible = attention_mask.astype(bool)
+        mask = causal[None] & (visible if visible.ndim == 3 else visible[:, None, :])
         if p:  # every row may attend to the whole prefix
             mask = jnp.concatenate([jnp.ones((b, t, p), bool), mask], axis=-1)
         mask = mask[:, None]

@@ -10,7 +10,8 @@ which the encoders ignore). Clips longer than the largest bucket are truncated t
 Shapes: B = batch_size. ``Batch.features`` are the model's feature dict (see ``ports.features``):
 qwen2_5_omni ``input_features`` [B, M, F_s], ``feature_attention_mask`` [B, F_s] with F_s = 100·s rounded
 up to whole 200-frame chunks; audio_flamingo3 / kimi_audio windows [B·W_s, M, 3000] with W_s = ceil(s / 30)
-(trailing all-masked windows belong to no clip).
+(trailing all-masked windows belong to no clip), audio_flamingo3's cut to 100·s + 2 frames (rounded up to
+even) when one window holds the bucket (exact: see ``ports.audio.AudioEncoder``).
 """
 
 from __future__ import annotations
@@ -142,6 +143,11 @@ def make_batch(group: Sequence[Example], seconds: float, config: PipelineConfig)
         windows = math.ceil(seconds / model_features.WINDOW_SECONDS)
         feats = FEATURES[config.model](clips, n_mels=config.n_mels)
         feats = {k: _pad_axis(v, 0, config.batch_size * windows) if v.ndim > 1 else v for k, v in feats.items()}
+        if config.model == "audio_flamingo3" and windows == 1:
+            # AF3 masks the keys past a clip, so a window cut 2 frames after the bucket's end (the encoder's
+            # convolutions reach 2 frames) gives every clip the same tokens as the whole 30-s window.
+            frames = 2 * math.ceil((seconds * _FRAMES_PER_SECOND + 2) / 2)
+            feats = {k: v[..., :frames] if k.startswith("input_features") else v for k, v in feats.items()}
     return Batch(features=feats, labels=np.array([ex.label for ex in rows], np.int32),
                  valid=np.arange(config.batch_size) < n, speakers=tuple(ex.speaker for ex in rows),
                  ids=tuple(ex.id for ex in rows), seconds=seconds)

@@ -20,7 +20,8 @@ import ports
 from configs.study import parse_list
 from esn_jax.data import BUILDERS, EMOTIONS, FOUR, pipeline
 from esn_jax.data.prepare import prepare
-from ports import prompts
+from esn_jax.reference import mini_lalm
+from ports import prompts, sharding
 from ports.audio import output_lengths
 
 
@@ -47,14 +48,22 @@ def load_model(cfg, mesh=None) -> Model:
     """The checkpoint (``ports.load``), its tokenizer and label words; ``reference.json`` fills what the
     config leaves empty."""
     ckpt = Path(cfg.checkpoint)
-    if not (ckpt / "port.json").exists():
-        raise FileNotFoundError(f"checkpoint={ckpt} has no port.json: train the reference model (python -m "
-                                "experiments.train_reference) or convert one (python -m experiments.convert)")
-    stored = json.loads((ckpt / "port.json").read_text())["model"]
-    if stored != cfg.model:
+    if mini_lalm.is_mini_lalm(ckpt):  # assembled from the installed packages + the trained projector
+        stored = "audio_flamingo3"
+    elif (ckpt / "port.json").exists():
+        stored = json.loads((ckpt / "port.json").read_text())["model"]
+    else:
+        raise FileNotFoundError(f"checkpoint={ckpt} holds neither port.json nor {mini_lalm.PROJECTOR}: train the "
+                                "reference model (python -m experiments.train_reference) or convert one (python -m "
+                                "experiments.convert)")
+    if cfg.model and stored != cfg.model:
         raise ValueError(f"model={cfg.model!r} but {ckpt} holds a {stored!r} checkpoint")
     ref = json.loads((ckpt / "reference.json").read_text()) if (ckpt / "reference.json").exists() else {}
-    module, params = ports.load(ckpt, dtype=cfg.dtype or None, mesh=mesh)
+    if mini_lalm.is_mini_lalm(ckpt):
+        module, params, _, _ = mini_lalm.load(ckpt, dtype=cfg.dtype or None)
+        params = sharding.shard_params(params, mesh) if mesh is not None else params
+    else:
+        module, params = ports.load(ckpt, dtype=cfg.dtype or None, mesh=mesh)
     tokenizer = prompts.load_tokenizer(cfg.tokenizer or ckpt)
     labels = parse_list("labels", cfg.labels)
     if labels:
@@ -68,7 +77,7 @@ def load_model(cfg, mesh=None) -> Model:
         raise ValueError(f"a label word encodes to no tokens: {dict(zip(labels, token_ids, strict=True))}")
     system = cfg.system or ref.get("system") or None
     n_mels = module.config.audio.num_mel_bins if hasattr(module.config, "audio") else 128
-    return Model(cfg.model, module, params, tokenizer, tuple(labels), token_ids,
+    return Model(stored, module, params, tokenizer, tuple(labels), token_ids,
                  cfg.question or ref.get("question") or default_question(labels), system, n_mels)
 
 

@@ -14,7 +14,7 @@ from transformers.models.audioflamingo3.modeling_audioflamingo3 import AudioFlam
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from ports.audio import AudioEncoder, AudioEncoderConfig, encoder_rules, output_lengths
+from ports.audio import AudioEncoder, AudioEncoderConfig, check_clip_frames, encoder_rules, output_lengths
 from tests.ports.hf_fixtures import randomize_
 from tests.ports.lalm_helpers import max_abs_diff, params_from_torch
 
@@ -89,5 +89,30 @@ def test_whisper_encoder_matches_transformers():
 
 def test_full_window_encoder_refuses_a_wrong_window_length():
     module = AudioEncoder(AudioEncoderConfig(MEL, D, LAYERS, HEADS, FFN, 10))
-    with pytest.raises(ValueError, match="takes exactly 20"):
-        module.init(jax.random.key(0), jnp.zeros((1, MEL, 30)))
+    for frames in (30, 13):
+        with pytest.raises(ValueError, match="takes 20 .* or an even number fewer"):
+            module.init(jax.random.key(0), jnp.zeros((1, MEL, frames)))
+
+
+def test_af3_window_cut_after_the_clip_gives_the_whole_windows_tokens():
+    """Keys past a clip are masked, so a window cut 2 frames after the clip's end changes none of its tokens
+    (transformers' AF3 encoder on the whole window is the reference); a cut closer than that is refused."""
+    hf = randomize_(AudioFlamingo3Encoder(AudioFlamingo3EncoderConfig(
+        num_mel_bins=MEL, hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+        intermediate_size=FFN, max_source_positions=20)))
+    cfg = AudioEncoderConfig(MEL, D, LAYERS, HEADS, FFN, 20, pool=True)
+    lengths = [14, 9]
+    feats = _features((2, MEL, 40), 3)  # padding frames carry values too, as the extractor's log-mel of silence
+    mask = (np.arange(40)[None] < np.array(lengths)[:, None]).astype(np.int32)
+    with torch.no_grad():
+        want = hf(torch.from_numpy(feats), input_features_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+    module = AudioEncoder(cfg)
+    params = params_from_torch(module, {"input_features": jnp.zeros((1, MEL, 40))},
+                               encoder_rules("enc", "", cfg), hf.state_dict(), "enc.")
+    got, valid = module.apply({"params": params}, jnp.asarray(feats[..., :16]), jnp.asarray(mask[:, :16]))
+    valid = np.asarray(valid)
+    assert valid.sum(1).tolist() == [int(output_lengths(n)) for n in lengths]
+    assert max_abs_diff(np.asarray(got)[valid], want[:, :valid.shape[1]][valid]) < TOL
+    check_clip_frames(mask[:, :16], cfg)
+    with pytest.raises(ValueError, match=r"clips \[0\] end within 2 frames of a window cut to 14"):
+        check_clip_frames(mask[:, :14], cfg)

@@ -193,6 +193,12 @@ def test_prefix_cache_continues_the_rows(tiny):
     np.testing.assert_allclose(rest[2, 2:], alone[0, 3:], atol=2e-5)
 
 
+def test_a_visibility_mask_needs_positions(tiny):
+    module, params, ids = tiny
+    with pytest.raises(ValueError, match=r"\[B, T, T\] attention_mask needs position_ids"):
+        module.apply({"params": params}, input_ids=ids, attention_mask=np.ones((*ids.shape, ids.shape[1]), bool))
+
+
 def test_bad_prefix_is_named(tiny):
     module, params, ids = tiny
     good = {"key": np.zeros((3, 1, 2, 2, 6), np.float32), "value": np.zeros((3, 1, 2, 2, 6), np.float32)}

@@ -19,7 +19,7 @@ from esn_jax.data import FOUR, pipeline
 from esn_jax.data import prepare as prepare_data
 from esn_jax.data.synthetic_prosody import PROFILES
 from ports.audio import AudioEncoderConfig
-from ports.features import qwen2_5_omni
+from ports.features import audio_flamingo3, qwen2_5_omni
 from ports.qwen2_5_omni import Qwen2_5OmniConfig, Qwen2_5OmniThinker, init_inputs
 from tests.esn_jax.data import dummy_trees as trees
 
@@ -146,3 +146,18 @@ def test_pipeline_feeds_fixed_shape_batches_into_a_tiny_port(tiny_dir):
         assert logits.shape == (batch_size, 1, 64) and np.isfinite(np.asarray(logits)).all()
     shapes = {b.features["input_features"].shape for b in batches}
     assert len(traces) == len(shapes) < len(batches)  # one compile per bucket shape, not per batch
+
+
+def test_af3_windows_are_cut_after_the_bucket(tiny_dir):
+    """One-window buckets carry 100·s + 2 frames (what the encoder needs, see ports.audio): the first frames of
+    the 30-s window the feature extractor computes, with the same mask."""
+    cfg = pipeline.PipelineConfig(model="audio_flamingo3", batch_size=2, buckets=(2.5, 45.0), n_mels=16,
+                                  view="four")
+    examples = list(pipeline.read("synthetic_prosody/tiny", "test", tiny_dir, view="four"))[:2]
+    short = pipeline.make_batch(examples, 2.5, cfg)
+    assert short.features["input_features"].shape == (2, 16, 252)
+    whole = audio_flamingo3([ex.wave for ex in examples], n_mels=16)
+    for key in ("input_features", "input_features_mask"):
+        np.testing.assert_array_equal(short.features[key], whole[key][..., :252])
+    long_ = pipeline.make_batch(examples, 45.0, cfg)  # two windows per clip: whole windows
+    assert long_.features["input_features"].shape == (4, 16, 3000)
