@@ -7,10 +7,12 @@ Public API::
     logp = esn_jax.score_variants(module, params, batch, esn_jax.ablate(masks), label_token_ids)  # [E, B, N]
 
 Modules: :mod:`esn_jax.scoring`, :mod:`esn_jax.stats`, :mod:`esn_jax.selectors`,
-:mod:`esn_jax.interventions`, :mod:`esn_jax.sweep` (with :mod:`esn_jax.prefix`), :mod:`esn_jax.metrics`.
+:mod:`esn_jax.interventions`, :mod:`esn_jax.sweep` (with :mod:`esn_jax.prefix`), :mod:`esn_jax.metrics`, and
+beyond the paper :mod:`esn_jax.collateral` (an intervention's cost to next-token loss on plain text).
 """
 
 from esn_jax import metrics
+from esn_jax.collateral import text_loss
 from esn_jax.interventions import ablate, at_positions, gain, mean_ablate, mix, stack, two_pass, union
 from esn_jax.scoring import score_labels
 from esn_jax.selectors import METHODS, attribution, select
@@ -20,6 +22,6 @@ from esn_jax.sweep import score_variants
 
 __all__ = [
     "METHODS", "EmotionStats", "StatsConfig", "ablate", "at_positions", "attribution", "gain", "mean_ablate",
-    "metrics", "mix", "model_dims", "position_mask", "score_labels", "score_variants", "select", "stack", "two_pass",
-    "union", "update_stats",
+    "metrics", "mix", "model_dims", "position_mask", "score_labels", "score_variants", "select", "stack", "text_loss",
+    "two_pass", "union", "update_stats",
 ]

@@ -43,24 +43,34 @@ def score_variants(module, params, batch: Mapping[str, Any], interventions: Inte
     chunk_size: variants per vmapped step (default all V); V is padded up to a multiple of it.
     share_prefix: run the prompt prefix all rows share once per variant (position-independent edits only).
     """
-    v = num_variants(interventions)
-    layers, neurons = model_dims(params)
     ref = batch["inputs_embeds"] if "inputs_embeds" in batch else batch["input_ids"]
-    check_interventions(jax.tree.map(lambda x: x[0], interventions), layers, tuple(np.shape(ref)[:2]), neurons)
-    chunk = v if chunk_size is None else int(chunk_size)
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
-    chunk = min(chunk, v)
-    pad = -v % chunk
-    # Padding repeats the first variant; its rows are dropped below.
-    padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x,
-                          interventions)
-    chunks = jax.tree.map(lambda x: x.reshape(-1, chunk, *x.shape[1:]), padded)
+    chunks, v = chunk_variants(params, interventions, tuple(np.shape(ref)[:2]), chunk_size)
     embedded = _embed(module, params, dict(batch))
     position_independent = all(np.ndim(leaf) == 3 for leaf in jax.tree.leaves(interventions))  # [V, L, I]
     p = prefix.shared_length(embedded) if share_prefix and position_independent else 0
     out = _sweep(module, params, embedded, chunks, scoring.label_tokens(label_token_ids), p)
     return out[:v]
+
+
+def chunk_variants(params, interventions: Interventions, shape: tuple[int, int],
+                   chunk_size: int | None = None) -> tuple[Interventions, int]:
+    """Checks V stacked interventions against the model and a batch of ``shape`` (B, T), and splits them
+    into chunks for ``lax.map``: (edits [ceil(V / chunk), chunk, ...], V).
+
+    chunk_size: variants per chunk (default all V). The last chunk is filled up with copies of the first
+    variant; callers drop the outputs past V.
+    """
+    v = num_variants(interventions)
+    layers, neurons = model_dims(params)
+    check_interventions(jax.tree.map(lambda x: x[0], interventions), layers, shape, neurons)
+    chunk = v if chunk_size is None else int(chunk_size)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+    chunk = min(chunk, v)
+    pad = -v % chunk
+    padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x,
+                          interventions)
+    return jax.tree.map(lambda x: x.reshape(-1, chunk, *x.shape[1:]), padded), v
 
 
 _embed = jax.jit(scoring.embed, static_argnums=0)

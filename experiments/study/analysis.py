@@ -17,6 +17,9 @@ ALPHA_LEVEL = 0.05
 # Steering must move at least this share of predictions more than its random control to count: a CI just
 # above 0 on a one-point shift is not the paper's "pushes predictions toward e".
 MIN_STEERING_GAP = 0.05
+# Beyond this share of the plain-text prompts' tokens being the tokenizer's unknown token, the collateral loss
+# scores that one token rather than language, and no verdict is drawn from it.
+MAX_UNKNOWN_SHARE = 0.1
 
 
 def num(x) -> float | None:
@@ -137,13 +140,18 @@ def _lt(a, b) -> bool:
     return a is not None and b is not None and a < b
 
 
+def emotion_specific(d: dict) -> bool:
+    """Finding 1's rule on one :func:`deactivation` result: the 95% CI of the mean self − cross is below 0 and
+    the mean is below every random control's."""
+    return d["ci"][1] is not None and d["ci"][1] < 0 and _lt(d["mean_specificity"],
+                                                              min(d["random"]["specificity_per_seed"]))
+
+
 def findings(r: dict, main_k: str) -> list[dict]:
     """One entry per DESIGN §1 claim: verdict and the figures behind it."""
     sel = r["selectors"]
     deact = {s: sel[s]["k"][main_k]["deactivation"] for s in sel}
-    specific = {s: d["ci"][1] is not None and d["ci"][1] < 0 and _lt(d["mean_specificity"],
-                                                                      min(d["random"]["specificity_per_seed"]))
-                for s, d in deact.items()}
+    specific = {s: emotion_specific(d) for s, d in deact.items()}
     best = min(deact, key=lambda s: deact[s]["mean_specificity"] if deact[s]["mean_specificity"] is not None
                else math.inf)
     d = deact[best]
@@ -215,4 +223,34 @@ def findings(r: dict, main_k: str) -> list[dict]:
             f"{tr['dataset']}: specificity with masks selected on {r['data']['dataset']} / with its own masks = "
             + "; ".join(f"{s} {_fmt(v['ratio'], '.2f')}"
                         for s, v in tr["selectors"].items()), ["transfer.png"])
+    return out
+
+
+def collateral(r: dict, clean, masked, unknown_share: float) -> dict:
+    """Beyond the paper: what ablating each mask costs the frozen LM on plain text.
+
+    clean [P], masked [S, K, 1 + R, E, P]: next-token loss per prompt (nats/token). Δloss = masked − clean,
+    averaged over the prompts, per selector, k and emotion, for the ESN masks and each random control. A
+    selector's set at a k is *specific* when its ablation is emotion-specific (:func:`emotion_specific`, on
+    ``r``'s deactivation results) and its mean Δloss over emotions is at most the largest random control's.
+    Not judged (None) when the tokenizer maps more than ``MAX_UNKNOWN_SHARE`` of the tokens to its unknown token.
+    """
+    base = float(np.mean(clean))
+    delta = np.mean(masked, axis=-1) - base  # [S, K, 1 + R, E]
+    measured = unknown_share <= MAX_UNKNOWN_SHARE
+    out = {"prompts": int(np.shape(clean)[0]), "clean_loss": num(base), "unknown_share": num(unknown_share),
+           "measured": bool(measured), "selectors": {}}
+    for s, name in enumerate(r["selectors"]):
+        out["selectors"][name] = {"k": {}}
+        for j, (k, v) in enumerate(r["selectors"][name]["k"].items()):
+            d = delta[s, j]
+            per_seed = d[1:].mean(-1)  # [R]
+            hurts, spares = emotion_specific(v["deactivation"]), bool(d[0].mean() <= per_seed.max())
+            out["selectors"][name]["k"][k] = {
+                "delta_esn": _list(d[0]), "delta_random": _list(d[1:]), "delta_random_mean": _list(d[1:].mean(0)),
+                "mean_esn": num(d[0].mean()), "mean_random": num(per_seed.mean()), "max_random": num(per_seed.max()),
+                "emotion_specific": hurts, "spares_language": spares if measured else None,
+                "specific": hurts and spares if measured else None}
+    main = {name: v["k"][r["main_k"]]["specific"] for name, v in out["selectors"].items()}
+    out["specific_at_main_k"] = [name for name, ok in main.items() if ok] if measured else None
     return out

@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.study import stages  # noqa: E402
+from experiments.study import analysis, stages  # noqa: E402
 
 
 def _num(x, fmt="+.3f") -> str:
@@ -172,9 +172,35 @@ def blocks(r: dict) -> list[tuple]:
                  [[s, _num(v["specificity_own"]), _num(v["specificity_transferred"]), _num(v["ratio"], ".2f"),
                    _num(v["jaccard"], ".2f")] for s, v in t["selectors"].items()]),
                 ("img", "transfer.png")]
+    out += collateral_blocks(r)
     out.append(("p", "Every number is in results.json; predictions.npz and masks.npz hold the raw predictions and "
                      "masks they come from."))
     return out
+
+
+def collateral_blocks(r: dict) -> list[tuple]:
+    """The "beyond the paper" section: Δ next-token loss on plain text beside the deactivation specificity."""
+    c, k = r["collateral"], r["main_k"]
+    if c["measured"]:
+        verdict = (f"At k={k}, ESN sets that are specific in this sense: {c['specific_at_main_k'] or 'none'} "
+                   f"(clean loss {c['clean_loss']:.3f} nats/token).")
+    else:
+        verdict = (f"Not judged: the tokenizer maps {c['unknown_share']:.0%} of the prompts' tokens to its unknown "
+                   f"token (more than {analysis.MAX_UNKNOWN_SHARE:.0%}), so the loss scores that token rather than "
+                   "language; the numbers are listed but no conclusion is drawn.")
+    return [("h", 2, "Beyond the paper: collateral damage on plain text"),
+            ("p", f"Δloss = the frozen LM's mean next-token loss (nats/token) on {c['prompts']} fixed plain-text "
+                  "prompts (no audio) with an emotion's neurons ablated − without; mean over emotions, and for the "
+                  "matched random controls mean [max] over seeds. A selector's neurons are specific when their "
+                  "ablation is emotion-specific (finding 1's rule: specificity's 95% CI below 0 and below every "
+                  "random control) and their Δloss is at most the largest random control's. " + verdict),
+            ("table", ["selector", "k", "ESN Δloss", "random Δloss [max]", "ESN specificity", "random specificity",
+                       "specific"],
+             [[s, kk, _num(v["mean_esn"]), f"{_num(v['mean_random'])} [{_num(v['max_random'])}]",
+               _num(d["mean_specificity"]), _num(d["random"]["mean_specificity"]),
+               "n/a" if v["specific"] is None else ("yes" if v["specific"] else "no")]
+              for s, sv in c["selectors"].items() for kk, v in sv["k"].items()
+              for d in [r["selectors"][s]["k"][kk]["deactivation"]]])]
 
 
 def markdown(bl: list[tuple]) -> str:

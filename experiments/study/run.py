@@ -1,7 +1,8 @@
 """The whole study in order (see :mod:`experiments.study.stages` for what each stage writes):
 
 clean evaluation → success-filtered identification statistics → every selector at every k with matched
-random controls → deactivation matrices → gain sweep over α → agnostic Union / Mix / 2-Pass → layer
+random controls → deactivation matrices → gain sweep over α → agnostic Union / Mix / 2-Pass → beyond the
+paper, collateral damage: each mask's cost to the frozen LM's next-token loss on plain text → layer
 histograms and overlaps → cross-dataset transfer (when ``transfer_dataset`` is set) → results.json,
 predictions.npz, masks.npz, report.md, report.html and the plots, in the workdir.
 """
@@ -42,6 +43,7 @@ def run(cfg, workdir, mesh=None) -> dict:
     deact = stages.stage_deactivate(ctx, "deactivate/A", eval_names, masks)  # [S, K, 1 + R, E, N]
     steer = stages.stage_steer(ctx, eval_names, masks)  # [S, 2, A, E, N]
     agn = stages.stage_agnostic(ctx, eval_names, masks, clean_logp)  # [S, 4, A, N]
+    text = stages.stage_collateral(ctx, masks)  # clean [P], masked [S, K, 1 + R, E, P]
 
     main_k = _k_name(ctx.ks[cfg.main_k])
     layers, neurons = esn_jax.model_dims(model.params)
@@ -75,11 +77,13 @@ def run(cfg, workdir, mesh=None) -> dict:
     r["layers"] = {"per_selector": hist, "summary": analysis.layer_summary(np.sum(list(hist.values()), axis=0))}
     r["overlaps"] = analysis.overlaps(main, ctx.selectors)
     arrays = {"labels": labels, "ids": items["ids"], "clean_logp": clean_logp, "clean_preds": clean,
-              "deactivate": deact, "steer": steer, "agnostic": agn}
+              "deactivate": deact, "steer": steer, "agnostic": agn, "collateral_clean": text["clean"],
+              "collateral_masked": text["masked"]}
     r["transfer"] = None
     if cfg.transfer_dataset:
         r["transfer"], transfer_arrays = _transfer(ctx, main)
         arrays.update({f"transfer_{k}": v for k, v in transfer_arrays.items()})
+    r["collateral"] = analysis.collateral(r, text["clean"], text["masked"], float(text["unknown_share"]))
     r["findings"] = analysis.findings(r, main_k)
 
     _write_npz(workdir / "predictions.npz", arrays)

@@ -12,8 +12,11 @@ Stages (``tag`` is ``A`` for the main dataset, ``B`` for the transfer dataset):
   steer/NNNNN.npz                  predictions [S, 2, A, E, B] under gain α (ESN masks and random seed 0)
   agnostic/NNNNN.npz               predictions [S, 4, A, B]: targeted, Union, Mix, 2-Pass
   transfer_masks.npz, transfer/NNNNN.npz   selection on B; B's predictions under A's and B's masks
+  collateral.npz                   plain-text next-token loss [P] clean and [S, K, 1 + R, E, P] with each
+                                   mask ablated, with the prompts' tokens and their share of unknown tokens
 
-Shapes: S selectors, K ks, R random seeds, E emotions (label words), A alphas, L layers, I neurons, B batch.
+Shapes: S selectors, K ks, R random seeds, E emotions (label words), A alphas, L layers, I neurons, B batch,
+P plain-text prompts.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tqdm import tqdm
 
 import esn_jax
 from configs.study import parse_list
+from esn_jax import collateral
 from esn_jax.selectors import attribution
 from experiments.study import adapters
 from ports import sharding
@@ -275,3 +279,33 @@ def stage_agnostic(ctx: Context, names: list[str], masks: np.ndarray, clean_logp
 def _per_position(edits):
     """[L, I] edits -> [L, 1, 1, I], so that they stack with 2-Pass's per-item [L, B, 1, I] edits."""
     return jax.tree.map(lambda x: x[:, None, None, :], edits)
+
+
+# ---------------------------------------------------------------- beyond the paper: collateral damage
+
+
+def stage_collateral(ctx: Context, masks: np.ndarray) -> dict[str, np.ndarray]:
+    """The frozen LM's next-token loss on :data:`esn_jax.collateral.PLAIN_TEXT` (no audio): ``clean`` [P] and
+    ``masked`` [S, K, 1 + R, E, P] with each mask ablated (nats/token per prompt), ``input_ids`` and
+    ``attention_mask`` [P, T] (right-padded) and ``unknown_share`` (of the real tokens, the tokenizer's unknown
+    token's share: a tokenizer without the words makes the loss meaningless)."""
+    name = "collateral"
+    if not ctx.store.has(name):
+        tokenizer = ctx.model.tokenizer
+        # Plain text, as the question is what the language model loses on ordinary text: no chat template and
+        # no special tokens, so every scored token is the text's own.
+        tok = tokenizer(list(collateral.PLAIN_TEXT), padding=True, padding_side="right", truncation=True,
+                        max_length=collateral.MAX_TOKENS, add_special_tokens=False, return_tensors="np")
+        ids, mask = tok["input_ids"].astype(np.int32), tok["attention_mask"].astype(np.int32)
+        unk = tokenizer.unk_token_id  # None for byte-level tokenizers: they have a token for any text
+        unknown = 0 if unk is None else int(((ids == unk) & (mask == 1)).sum())
+        flat = masks.reshape(-1, *masks.shape[-2:])
+        # Variant 0 is the unedited model (an empty mask): clean and masked losses come from one compiled call.
+        edits = esn_jax.ablate(np.concatenate([np.zeros_like(flat[:1]), flat]), ctx.cfg.site)
+        inputs = ctx.inputs({"input_ids": ids, "attention_mask": mask})
+        loss = np.asarray(collateral.text_loss(ctx.model.module, ctx.model.params, inputs["input_ids"],
+                                               inputs["attention_mask"], edits, ctx.cfg.variant_chunk))
+        ctx.store.save(name, clean=loss[0], masked=loss[1:].reshape(*masks.shape[:-2], -1), input_ids=ids,
+                       attention_mask=mask, unknown_share=np.float64(unknown / mask.sum()))
+        crash_point(name, 0)
+    return ctx.store.load(name)

@@ -6,6 +6,7 @@ Consistency checks recompute numbers from the saved predictions and masks with p
 esn_jax.metrics), so a wrong metric call in the study would show up here.
 """
 
+import copy
 import json
 import os
 import subprocess
@@ -16,9 +17,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import ports
 from configs.study import REFERENCE_DIR, get_config
 from esn_jax import reference
+from esn_jax.collateral import PLAIN_TEXT
+from experiments.study import analysis, report
 from experiments.study.run import run
+from ports import prompts
+from tests.esn_jax.test_collateral import direct_loss
 from tests.experiments import tiny_reference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,6 +193,77 @@ def test_transfer_consistent(study):
     assert six_b["verdict"] != "not tested" and (workdir / "transfer.png").exists()
 
 
+def test_collateral_consistent(study, env):
+    """The plain-text loss recomputed by folding masks into down_proj, the Δloss summaries recomputed in numpy,
+    and the verdict withheld: the stand-in's word-level tokenizer knows none of the prompts' words."""
+    cfg, workdir, results = study
+    c = results["collateral"]
+    pred = np.load(workdir / "predictions.npz")
+    clean, masked = pred["collateral_clean"], pred["collateral_masked"]
+    masks = np.load(workdir / "masks.npz")["masks"]  # [S, K, 1 + R, E, L, I]
+    assert clean.shape == (len(PLAIN_TEXT),) == (c["prompts"],) and masked.shape == (*masks.shape[:4], len(PLAIN_TEXT))
+    module, params = ports.load(env[0])
+    tokenizer = prompts.load_tokenizer(env[0])
+    tok = tokenizer(list(PLAIN_TEXT), padding=True, padding_side="right", add_special_tokens=False, return_tensors="np")
+    ids, mask = tok["input_ids"], tok["attention_mask"]
+    assert ids.shape[1] <= 32
+    ones = np.ones(masks.shape[-2:])
+    np.testing.assert_allclose(clean, direct_loss(module, params, ids, mask, ones), rtol=1e-4)
+    main = int(cfg.main_k)
+    for r in (0, 1):  # an ESN mask and its first random control
+        np.testing.assert_allclose(masked[0, main, r, 1], direct_loss(module, params, ids, mask,
+                                                                      ones - masks[0, main, r, 1]), rtol=1e-4)
+    assert not np.allclose(masked[0, main, 0, 1], clean)
+    assert c["clean_loss"] == pytest.approx(clean.mean())
+    for s, name in enumerate(results["selectors"]):
+        for j, k in enumerate(results["selectors"][name]["k"]):
+            v = c["selectors"][name]["k"][k]
+            delta = masked[s, j].mean(-1) - clean.mean()  # [1 + R, E]
+            np.testing.assert_allclose(v["delta_esn"], delta[0], atol=1e-6)
+            np.testing.assert_allclose(v["delta_random"], delta[1:], atol=1e-6)
+            assert v["mean_random"] == pytest.approx(delta[1:].mean())
+            assert v["max_random"] == pytest.approx(delta[1:].mean(1).max())
+            empty = ~masks[s, j].any((-2, -1))  # e.g. LAPE keeping no neuron: ablating nothing costs nothing
+            np.testing.assert_allclose(delta[empty], 0.0, atol=1e-6)
+    unknown = ((ids == tokenizer.unk_token_id) & (mask == 1)).sum() / mask.sum()
+    assert c["unknown_share"] == pytest.approx(unknown) and unknown > analysis.MAX_UNKNOWN_SHARE
+    assert not c["measured"] and c["specific_at_main_k"] is None
+    assert all(v["specific"] is None for sv in c["selectors"].values() for v in sv["k"].values())
+    md = (workdir / "report.md").read_text()
+    assert "## Beyond the paper: collateral damage on plain text" in md and "Not judged" in md
+
+
+def test_collateral_verdict_when_measured(study):
+    """With a tokenizer that knows the words, specific = finding 1's emotion-specific rule and ESN Δloss at most
+    the costliest random control's (the rule recomputed from the raw numbers)."""
+    cfg, workdir, results = study
+    pred = np.load(workdir / "predictions.npz")
+    clean, masked = pred["collateral_clean"], pred["collateral_masked"].copy()
+    r = copy.deepcopy(results)
+    main, k = int(cfg.main_k), r["main_k"]
+    first, second = list(r["selectors"])[:2]
+    masked[0, main, 0] += 1.0  # the first selector's ESNs cost the LM more than any random control
+    masked[1, main, 0] = clean - 1.0  # the second's cost less, and their ablation is made emotion-specific
+    r["selectors"][second]["k"][k]["deactivation"].update(ci=[-0.5, -0.1], mean_specificity=-0.3)
+    r["selectors"][second]["k"][k]["deactivation"]["random"]["specificity_per_seed"] = [0.0, 0.0]
+    c = analysis.collateral(r, clean, masked, 0.0)
+    assert c["measured"]
+    for s, name in enumerate(r["selectors"]):
+        for j, (kk, sel) in enumerate(r["selectors"][name]["k"].items()):
+            d = sel["deactivation"]
+            hurts = (d["ci"][1] is not None and d["ci"][1] < 0
+                     and d["mean_specificity"] < min(d["random"]["specificity_per_seed"]))
+            delta = masked[s, j].mean(-1) - clean.mean()
+            spares = delta[0].mean() <= delta[1:].mean(1).max()
+            assert c["selectors"][name]["k"][kk]["specific"] == (hurts and spares)
+    assert c["selectors"][first]["k"][k]["spares_language"] is False
+    assert c["selectors"][second]["k"][k]["specific"] is True
+    assert second in c["specific_at_main_k"] and first not in c["specific_at_main_k"]
+    md = report.markdown(report.collateral_blocks({**r, "collateral": c}))
+    assert f"specific in this sense: {c['specific_at_main_k']}" in md
+    assert md.count(f"| {first} |") == len(r["selectors"][first]["k"])  # one row per k
+
+
 def test_shipped_reference_with_success_filter(env, tmp_path):
     """The default checkpoint (the trained reference model) through the study, success filter on: the items
     kept per emotion are the identification items the clean model labels correctly."""
@@ -227,15 +304,18 @@ def test_resume_after_kill_gives_identical_results(env, study, tmp_path):
     once = _cli(tmp_path / "once", args)
     assert once.returncode == 0, once.stderr
     assert f"report: {tmp_path / 'once' / 'report.md'}" in once.stdout and "finding 1:" in once.stdout
-    for crash in ("stats/A:0", "steer:0"):  # mid-statistics (running sums), mid per-batch stage
+    for crash in ("stats/A:0", "steer:0", "collateral:0"):  # mid-statistics (running sums), mid per-batch stage
         killed = _cli(tmp_path / "resumed", args, crash)
         assert killed.returncode == 75, killed.stderr
         assert not (tmp_path / "resumed" / "results.json").exists()
         if crash.startswith("stats"):  # the running sums were saved after the first of the two batches
             (stats,) = (tmp_path / "resumed" / "runs").glob("*/stats/A.npz")
             assert int(np.load(stats)["next_batch"]) == 1
+    (text,) = (tmp_path / "resumed" / "runs").glob("*/collateral.npz")
+    written = text.stat()
     resumed = _cli(tmp_path / "resumed", args)
     assert resumed.returncode == 0, resumed.stderr
+    assert (text.stat().st_ino, text.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # skipped
     assert (tmp_path / "resumed" / "results.json").read_bytes() == (tmp_path / "once" / "results.json").read_bytes()
     a, b = np.load(tmp_path / "once" / "predictions.npz"), np.load(tmp_path / "resumed" / "predictions.npz")
     assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)

@@ -1,0 +1,82 @@
+"""Collateral damage: what an intervention costs the language model on plain text (beyond the paper).
+
+A neuron set is emotion-specific in a useful sense when silencing it hurts emotion recognition but leaves
+the language model's ordinary text prediction alone. :func:`text_loss` measures the second half: the mean
+next-token negative log-likelihood of text rows under each of V stacked interventions, vmapped and chunked
+as :func:`esn_jax.sweep.score_variants` is. :data:`PLAIN_TEXT` is the fixed set of prompts the study
+scores: short everyday English (facts, instructions, small dialogue), no audio.
+
+Axes: V = variants, B = rows, T = tokens, L = layers, I = neurons.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esn_jax import sweep
+from ports.sites import Interventions
+
+PLAIN_TEXT = (
+    "The train to the coast leaves at half past nine every morning.",
+    "Water boils at a lower temperature on top of a high mountain.",
+    "Please close the window before you leave the office tonight.",
+    "Can you pass me the salt? Sure, here you go.",
+    "Most birds build their nests in the spring.",
+    "Add two cups of flour and stir until the dough is smooth.",
+    "The library is open from eight in the morning until six in the evening.",
+    "Where did you park the car? Next to the bakery on the corner.",
+    "A week has seven days and a year has twelve months.",
+    "Turn left at the second traffic light and keep going straight.",
+    "The meeting was moved to Thursday because the room was booked.",
+    "Plants need light, water and air to grow.",
+    "Do you want tea or coffee? Tea, please, with a little milk.",
+    "Write your name at the top of the first page.",
+    "The river runs through the middle of the old town.",
+    "She bought three apples, a loaf of bread and some cheese.",
+    "Remember to charge your phone before the trip.",
+    "The moon goes around the earth about once a month.",
+    "How long does the film last? A little over two hours.",
+    "He painted the fence white and the door dark green.",
+)
+MAX_TOKENS = 32  # per prompt: room to spare (SmolLM2's tokenizer needs at most 16 for any of the above)
+
+
+def text_loss(module, params, input_ids, attention_mask, interventions: Interventions,
+              chunk_size: int | None = None) -> jnp.ndarray:
+    """Mean next-token negative log-likelihood of every row under each of V interventions: [V, B] (nats/token).
+
+    input_ids, attention_mask [B, T]: text rows padded on either side (1 = token); every pair of adjacent
+    real tokens is scored, so each row needs at least two. Any port works: the audio-language models take
+    ``input_ids`` without audio features.
+    interventions: edits with a leading variant axis, e.g. ``interventions.ablate(masks [V, L, I])``.
+    chunk_size: variants per vmapped step (default all V). Memory: ``chunk_size`` × B × T × vocab logits.
+    """
+    mask = np.asarray(attention_mask)
+    if (mask.sum(1) < 2).any():
+        raise ValueError(f"every row needs at least two tokens to predict one; tokens per row: {mask.sum(1)}")
+    chunks, v = sweep.chunk_variants(params, interventions, mask.shape, chunk_size)
+    return _loss(module, params, jnp.asarray(input_ids), jnp.asarray(attention_mask), chunks)[:v]
+
+
+@functools.partial(jax.jit, static_argnames="module")
+def _loss(module, params, input_ids, attention_mask, chunks):
+    b, t = input_ids.shape
+    # Position j predicts token j + 1; the pair counts when both are real tokens.
+    pairs = (attention_mask[:, :-1] * attention_mask[:, 1:]).astype(jnp.float32)
+    targets = input_ids[:, 1:, None]
+    positions = jnp.broadcast_to(jnp.arange(t - 1), (b, t - 1))
+
+    def loss(edits):
+        logits = module.apply({"params": params}, input_ids=input_ids, attention_mask=attention_mask,
+                              interventions=edits, logits_positions=positions)
+        # logsumexp − target logit rather than a full log-softmax: no second vocab-sized array.
+        target = jnp.take_along_axis(logits, targets, -1)[..., 0]
+        nll = jax.nn.logsumexp(logits.astype(jnp.float32), -1) - target.astype(jnp.float32)
+        return (nll * pairs).sum(1) / pairs.sum(1)
+
+    out = jax.lax.map(jax.vmap(loss), chunks)  # [V / chunk, chunk, B]
+    return out.reshape(-1, b)
