@@ -1,6 +1,7 @@
 r"""Benchmarks against the PyTorch + transformers hook baseline, on one machine in one run.
 
-  python -m experiments.bench [--clips=4 --variants=8 --length=128]
+  python -m experiments.bench [--clips=4 --variants=8 --length=128] [--study_clips=4 --study_masks=8]
+      [--comparisons=sweep,peak,equal_work,study,study_mini,memory]
 
 0. Sweep vs loop (issue 4's micro-benchmark): masks/second of our vmapped sweep against a Python loop
    of our own jitted scoring, one mask at a time, on a tiny random backbone.
@@ -19,7 +20,12 @@ r"""Benchmarks against the PyTorch + transformers hook baseline, on one machine 
    against the same model exported to the Hugging Face thinker layout and run by transformers'
    Qwen2_5OmniThinkerForConditionalGeneration with down_proj hooks, mask by mask, encoder included,
    full logits — as a PyTorch user would write it. The savings are reported one by one.
-The last four lines are the ratios, one per line, in a fixed format.
+5. Study stage on the mini-LALM (esn_jax.reference.mini_lalm: Whisper tiny.en + projector + SmolLM2-135M,
+   as Audio Flamingo 3): ``--study_clips`` clips × ``--study_masks`` ablation + gain masks, ours against its
+   Hugging Face export run by transformers' AudioFlamingo3ForConditionalGeneration with down_proj hooks, mask
+   by mask, encoder included. The loop is written as a careful PyTorch user would: inference mode, logits
+   at the answer position only, and the two-token labels teacher-forced by continuing the prompt's KV cache.
+The last lines are the ratios, one per line, in a fixed format (those of the ``--comparisons`` run).
 """
 
 import gc
@@ -48,6 +54,12 @@ _CHUNK = flags.DEFINE_integer("chunk_size", 8, "variants per vmapped step of our
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed repetitions; the best is kept")
 _MEMORY_CLIPS = flags.DEFINE_list("memory_clips", ["16", "64"], "clip counts of the memory comparison")
 _PROBE = flags.DEFINE_enum("probe", None, ["streaming", "cache"], "internal: run one memory probe and exit")
+_STUDY_CLIPS = flags.DEFINE_integer("study_clips", 4, "clips of the mini-LALM study-stage comparison")
+_STUDY_MASKS = flags.DEFINE_integer("study_masks", 8, "masks of the mini-LALM study-stage comparison: every "
+                                    "emotion's ablation, then its gains at 0.5, 1, 2, 4, 8, in that order")
+_MINI_LALM = flags.DEFINE_string("mini_lalm", None, "mini-LALM directory (default: the shipped one)")
+COMPARISONS = ("sweep", "peak", "equal_work", "study", "study_mini", "memory")
+_COMPARISONS = flags.DEFINE_multi_enum("comparisons", list(COMPARISONS), COMPARISONS, "which comparisons to run")
 
 # Qwen2.5-0.5B's shape (its config.json); the weights are random.
 QWEN2_5_0_5B = ports.DecoderConfig(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -259,6 +271,114 @@ def study_stage(alphas=(0.5, 1.0, 2.0, 4.0, 8.0), clips: int = 8) -> dict[str, f
             "prediction_agreement": agree}
 
 
+def study_stage_mini(clips: int, variants: int, alphas=(0.5, 1.0, 2.0, 4.0, 8.0)) -> dict[str, float]:
+    """Seconds for ``variants`` ablation + gain masks on ``clips`` clips of the mini-LALM: ours and the hook loop."""
+    import tensorflow_datasets as tfds
+    import torch
+    from transformers import AudioFlamingo3ForConditionalGeneration
+
+    from esn_jax.data import BUILDERS, pipeline
+    from esn_jax.reference import mini_lalm
+    from ports import prompts
+
+    module, params, tokenizer, meta = mini_lalm.load(_MINI_LALM.value)
+    with tempfile.TemporaryDirectory() as tmp:
+        BUILDERS["synthetic_prosody"](data_dir=tmp, config="tiny").download_and_prepare(
+            download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP))
+        examples = pipeline.read("synthetic_prosody/tiny", "train", tmp, view="four")
+        config = pipeline.PipelineConfig(model="audio_flamingo3", batch_size=clips, view="four", n_mels=80)
+        features = dict(next(iter(pipeline.Batches(examples, config))).features)  # one 30-s window per clip
+        hf = AudioFlamingo3ForConditionalGeneration.from_pretrained(
+            mini_lalm.export_hf(module, params, tokenizer, Path(tmp) / "hf"), dtype=torch.float32).eval()
+    del features["windows_per_clip"]
+    texts = [mini_lalm.prompt(meta, int(n)) for n in features.pop("num_audio_tokens")]
+    inputs = {**prompts.tokenize(tokenizer, texts), **features}
+    text = module.config.text
+    rng = np.random.default_rng(3)
+    emotion_masks = rng.random((len(meta["labels"]), text.num_hidden_layers, text.intermediate_size)) < 0.02
+    edits = [esn_jax.ablate(emotion_masks, "mlp_in")] + [esn_jax.gain(emotion_masks, a, "mlp_in") for a in alphas]
+    stacked = jax.tree.map(lambda *x: jnp.concatenate(x)[:variants], *edits)
+    scales = np.array(stacked["mlp_in"]["scale"])  # [V, L, I], writable (torch.as_tensor warns on read-only)
+    labels = meta["label_token_ids"]
+
+    def ours(share_prefix=True):
+        return esn_jax.score_variants(module, params, inputs, stacked, labels, _CHUNK.value,
+                                      share_prefix).block_until_ready()
+
+    embedded = jax.jit(scoring.embed, static_argnums=0)(module, params, inputs)
+    shared, width = prefix.shared_length(embedded), inputs["input_ids"].shape[1]
+    embed = jax.jit(lambda p, i, f, m: module.apply({"params": p}, i, f, m, method="embed_inputs"))
+
+    def encoder_only():
+        return jax.block_until_ready(embed(params, inputs["input_ids"], inputs["input_features"],
+                                           inputs["input_features_mask"]))
+
+    current = [None]
+    for i, layer in enumerate(hf.model.language_model.layers):
+        layer.mlp.down_proj.register_forward_pre_hook(lambda _m, args, i=i: (args[0] * current[0][i],))
+    mask = inputs["attention_mask"]
+    frames, window = inputs["input_features"].shape[-1], module.config.audio.window_frames
+    prompt = {"input_ids": torch.as_tensor(inputs["input_ids"], dtype=torch.long),
+              "attention_mask": torch.as_tensor(mask),
+              "position_ids": torch.as_tensor(np.maximum(np.cumsum(mask, 1) - 1, 0)),  # as ours: real tokens only
+              # transformers' AF3 encoder takes whole 30-s windows: the pipeline's cut ones padded back, masked
+              **{k: torch.as_tensor(np.pad(inputs[k], [(0, 0)] * (inputs[k].ndim - 1) + [(0, window - frames)]))
+                 for k in ("input_features", "input_features_mask")}}
+    # The labels' tokens after their first, teacher-forced: one continuation row per multi-token label (right-
+    # padded to the longest), after the prompt's cached keys and values.
+    multi = [j for j, ids in enumerate(labels) if len(ids) > 1]
+    longest = max(len(labels[j]) for j in multi)
+    forced = np.zeros((clips * len(multi), longest - 1), np.int64)
+    targets = np.zeros((len(multi), longest - 1), np.int64)
+    valid = np.zeros((len(multi), longest - 1), bool)
+    for k, j in enumerate(multi):
+        n = len(labels[j]) - 1
+        forced[k::len(multi), :n], targets[k, :n], valid[k, :n] = labels[j][:-1], labels[j][1:], True
+    cont_mask = torch.as_tensor(np.concatenate([np.repeat(mask, len(multi), 0),
+                                                np.tile(valid, (clips, 1)).astype(mask.dtype)], 1))
+    cont_pos = torch.as_tensor(np.repeat(mask.sum(1, keepdims=True), len(multi), 0) + np.arange(longest - 1))
+    first = torch.as_tensor([ids[0] for ids in labels])
+    gather, keep = torch.as_tensor(np.tile(targets, (clips, 1)))[..., None], torch.as_tensor(np.tile(valid, (clips, 1)))
+
+    def theirs():
+        out = []
+        for scale in scales:
+            current[0] = torch.as_tensor(scale)
+            step = hf(**prompt, use_cache=True, logits_to_keep=1)
+            logp = torch.log_softmax(step.logits[:, -1], -1)[:, first]  # [B, N]: every label's first token
+            step.cache.batch_repeat_interleave(len(multi))
+            cont = hf(input_ids=torch.as_tensor(forced), attention_mask=cont_mask, position_ids=cont_pos,
+                      cache=step.cache)
+            rest = torch.log_softmax(cont.logits, -1).gather(-1, gather)[..., 0].where(keep, 0.0).sum(-1)
+            logp[:, multi] += rest.reshape(clips, len(multi))
+            out.append(logp)
+        return torch.stack(out)
+
+    with torch.inference_mode():  # nothing to compile: every call is timed, the last one's result kept
+        times = []
+        for _ in range(_REPEATS.value):
+            start = time.perf_counter()
+            want = theirs().numpy()
+            times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        hf.model.get_audio_features(prompt["input_features"], prompt["input_features_mask"])
+        their_encoder = time.perf_counter() - start
+    got = np.asarray(ours())
+    per_token = text.num_hidden_layers * (text.hidden_size * text.head_dim * 2 * (text.num_attention_heads
+                                                                                 + text.num_key_value_heads)
+                                          + 3 * text.hidden_size * text.intermediate_size)
+    head = text.hidden_size * text.vocab_size
+    return {"ours_s": best_time(ours, _REPEATS.value), "theirs_s": min(times), "variants": len(scales),
+            "clips": clips,
+            "unshared_s": best_time(lambda: ours(share_prefix=False), _REPEATS.value),
+            "shared_tokens": shared, "width": width, "valid_tokens": int(mask.sum()),
+            "forced_tokens": sum(len(ids) - 1 for ids in labels), "head_fraction": head / (per_token + head),
+            "encoder_once_s": best_time(encoder_only, _REPEATS.value), "frames": frames, "window": window,
+            "their_encoder_s": their_encoder,
+            "prediction_agreement": float((got.argmax(-1) == want.argmax(-1)).mean()),
+            "max_logp_diff": float(np.abs(got - want).max()), "torch_threads": torch.get_num_threads()}
+
+
 def probe(kind: str, clips: int) -> None:
     """One memory measurement in this fresh process: prints JSON with the peak RSS growth in bytes."""
     cfg = QWEN2_5_0_5B
@@ -309,56 +429,88 @@ def main(argv):
     if _PROBE.value:
         probe(_PROBE.value, int(_MEMORY_CLIPS.value[0]))
         return
-    cfg = QWEN2_5_0_5B
+    run = set(_COMPARISONS.value)
+    ratios = {}
     print(f"machine: {jax.devices()[0].platform}, jax {jax.__version__}")
-    sweep, loop = sweep_vs_loop()
-    print(f"tiny model, 32 masks: vmapped sweep {sweep:.0f} masks/s, Python loop {loop:.0f} masks/s "
-          f"({sweep / loop:.2f}x)")
-    peak = matmul_peak()
-    print(f"float32 matmul peak: numpy {peak['numpy']:.1f} GFLOP/s, jax {peak['jax']:.1f} GFLOP/s")
+    if "sweep" in run:
+        sweep, loop = sweep_vs_loop()
+        print(f"tiny model, 32 masks: vmapped sweep {sweep:.0f} masks/s, Python loop {loop:.0f} masks/s "
+              f"({sweep / loop:.2f}x)")
+    if "peak" in run or "equal_work" in run:
+        peak = matmul_peak()
+        print(f"float32 matmul peak: numpy {peak['numpy']:.1f} GFLOP/s, jax {peak['jax']:.1f} GFLOP/s")
 
-    module, params = random_model(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = torch_model(cfg, params, Path(tmp) / "hf")
-    ids = prompts(cfg, _CLIPS.value, _LENGTH.value)
-    masks = np.random.default_rng(2).random((_VARIANTS.value, cfg.num_hidden_layers, cfg.intermediate_size)) < 0.01
-    work = equal_work(cfg, module, params, model, ids, masks)
-    flops = _VARIANTS.value * forward_flops(cfg, _CLIPS.value, _LENGTH.value)
-    ours_gflops, theirs_gflops = flops / work["ours_s"] / 1e9, flops / work["theirs_s"] / 1e9
-    print(f"equal work, Qwen2.5-0.5B shape, N={_CLIPS.value} clips × V={_VARIANTS.value} masks × "
-          f"T={_LENGTH.value} tokens ({flops / 1e12:.2f} TFLOP):")
-    print(f"  ours (jit + vmap, chunk {_CHUNK.value}): {work['ours_s']:.2f} s, {ours_gflops:.1f} GFLOP/s")
-    print(f"  transformers + hooks, mask by mask:  {work['theirs_s']:.2f} s, {theirs_gflops:.1f} GFLOP/s")
-    print(f"  prediction agreement: {work['prediction_agreement']:.3f}")
+    if "equal_work" in run:
+        cfg = QWEN2_5_0_5B
+        module, params = random_model(cfg)
+        with tempfile.TemporaryDirectory() as tmp:
+            model = torch_model(cfg, params, Path(tmp) / "hf")
+        ids = prompts(cfg, _CLIPS.value, _LENGTH.value)
+        masks = np.random.default_rng(2).random((_VARIANTS.value, cfg.num_hidden_layers, cfg.intermediate_size)) < 0.01
+        work = equal_work(cfg, module, params, model, ids, masks)
+        flops = _VARIANTS.value * forward_flops(cfg, _CLIPS.value, _LENGTH.value)
+        ours_gflops, theirs_gflops = flops / work["ours_s"] / 1e9, flops / work["theirs_s"] / 1e9
+        print(f"equal work, Qwen2.5-0.5B shape, N={_CLIPS.value} clips × V={_VARIANTS.value} masks × "
+              f"T={_LENGTH.value} tokens ({flops / 1e12:.2f} TFLOP):")
+        print(f"  ours (jit + vmap, chunk {_CHUNK.value}): {work['ours_s']:.2f} s, {ours_gflops:.1f} GFLOP/s")
+        print(f"  transformers + hooks, mask by mask:  {work['theirs_s']:.2f} s, {theirs_gflops:.1f} GFLOP/s")
+        print(f"  prediction agreement: {work['prediction_agreement']:.3f}")
+        ratios["ratio_equal_work"] = work["theirs_s"] / work["ours_s"]
+        ratios["peak_fraction"] = ours_gflops / max(peak.values())
 
-    study = study_stage()
-    print(f"study stage, reference model, {study['clips']} clips × {study['variants']} masks (ablation + gain):")
-    print(f"  ours (encoder once per clip, {_CHUNK.value} masks per vmapped step, shared prefix once per mask, "
-          f"answer-position logits): {study['ours_s']:.3f} s")
-    print(f"  transformers + hooks, mask by mask, encoder every time, full logits: {study['theirs_s']:.3f} s")
-    print("  savings, one by one:")
+    if "study" in run:
+        study = study_stage()
+        print(f"study stage, reference model, {study['clips']} clips × {study['variants']} masks (ablation + gain):")
+        print(f"  ours (encoder once per clip, {_CHUNK.value} masks per vmapped step, shared prefix once per mask, "
+              f"answer-position logits): {study['ours_s']:.3f} s")
+        print(f"  transformers + hooks, mask by mask, encoder every time, full logits: {study['theirs_s']:.3f} s")
+        print("  savings, one by one:")
+        print_encoder_and_prefix_savings(study)
+        print(f"    answer-position logits: the head runs on 1 of {study['width']} positions per row "
+              f"(vocabulary {study['vocab']}, so little here; 151,936 for Qwen2.5-Omni)")
+        print(f"  prediction agreement: {study['prediction_agreement']:.3f}")
+        ratios["ratio_study"] = study["theirs_s"] / study["ours_s"]
+
+    if "study_mini" in run:
+        mini = study_stage_mini(_STUDY_CLIPS.value, _STUDY_MASKS.value)
+        print(f"study stage, mini-LALM (Whisper tiny.en + projector + SmolLM2-135M), {mini['clips']} clips × "
+              f"{mini['variants']} masks (ablation + gain), float32, torch threads {mini['torch_threads']}:")
+        print(f"  ours (encoder once per clip, {_CHUNK.value} masks per vmapped step, shared prefix once per mask, "
+              f"answer-position logits, labels packed after the prompt): {mini['ours_s']:.3f} s")
+        print(f"  transformers + hooks, mask by mask, encoder every time, answer-position logits "
+              f"(logits_to_keep=1), KV-cache continuation for the two-token labels: {mini['theirs_s']:.3f} s")
+        print("  savings, one by one:")
+        print_encoder_and_prefix_savings(mini)
+        print(f"    encoder windows: ours cut after the bucket, {mini['frames']} of {mini['window']} mel frames "
+              "(exact: AF3 masks the keys past a clip); transformers' AF3 takes whole windows, "
+              f"{mini['their_encoder_s']:.3f} s per batch")
+        print(f"    answer-position logits: the head is {mini['head_fraction']:.0%} of this LM's per-token cost; ours "
+              f"runs it on 1 + {mini['forced_tokens']} positions per row (the loop too: logits_to_keep; "
+              "transformers' default would run it on all)")
+        print(f"  prediction agreement: {mini['prediction_agreement']:.3f} (max |dlogp| {mini['max_logp_diff']:.1e})")
+        ratios["ratio_study_mini"] = mini["theirs_s"] / mini["ours_s"]
+
+    if "memory" in run:
+        counts = [int(c) for c in _MEMORY_CLIPS.value]
+        mem = memory(counts)
+        print(f"statistics capture, peak RSS growth (T={_LENGTH.value}):")
+        for clips in counts:
+            print(f"  {clips:4d} clips: streamed {mem[('streaming', clips)] / 2**20:8.1f} MiB, "
+                  f"full cache {mem[('cache', clips)] / 2**20:8.1f} MiB")
+        largest = max(counts)
+        ratios["capture_memory_ratio"] = mem[("cache", largest)] / max(mem[("streaming", largest)], 1)
+    for name in ("ratio_equal_work", "ratio_study", "peak_fraction", "capture_memory_ratio", "ratio_study_mini"):
+        if name in ratios:
+            print(f"{name}={ratios[name]:.3f}")
+
+
+def print_encoder_and_prefix_savings(study: dict) -> None:
     print(f"    encoder: {study['encoder_once_s']:.3f} s per batch, run once by ours and {study['variants']} times "
           "by the loop")
     shared, clips = study["shared_tokens"], study["clips"]
     print(f"    shared prompt prefix: {shared} of {study['width']} columns; decoder tokens per mask "
           f"{study['valid_tokens']} -> {study['valid_tokens'] - (clips - 1) * shared}; ours without sharing "
           f"{study['unshared_s']:.3f} s ({study['unshared_s'] / study['ours_s']:.2f}x)")
-    print(f"    answer-position logits: the head runs on 1 of {study['width']} positions per row "
-          f"(vocabulary {study['vocab']}, so little here; 151,936 for Qwen2.5-Omni)")
-    print(f"  prediction agreement: {study['prediction_agreement']:.3f}")
-
-    counts = [int(c) for c in _MEMORY_CLIPS.value]
-    mem = memory(counts)
-    print(f"statistics capture, peak RSS growth (T={_LENGTH.value}):")
-    for clips in counts:
-        print(f"  {clips:4d} clips: streamed {mem[('streaming', clips)] / 2**20:8.1f} MiB, "
-              f"full cache {mem[('cache', clips)] / 2**20:8.1f} MiB")
-    largest = max(counts)
-    print(f"ratio_equal_work={work['theirs_s'] / work['ours_s']:.3f}")
-    print(f"ratio_study={study['theirs_s'] / study['ours_s']:.3f}")
-    print(f"peak_fraction={ours_gflops / max(peak.values()):.3f}")
-    print(f"capture_memory_ratio={mem[('cache', largest)] / max(mem[('streaming', largest)], 1):.3f}")
-
 
 if __name__ == "__main__":
     app.run(main)

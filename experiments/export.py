@@ -1,11 +1,16 @@
 r"""Writes an intervened model: ablation or gain on one emotion's neurons, folded into down_proj's weights.
 
   python -m experiments.export --masks=workdir/study/masks.npz --selector=grad --k=0.05 --emotion=happy \
-      --alpha=-1 --out=/tmp/ablated [--hf_out=/tmp/ablated_hf] [--checkpoint=esn_jax/reference/model]
+      --alpha=-1 --out=/tmp/ablated [--hf_out=/tmp/ablated_hf] [--checkpoint=esn_jax/reference/mini_lalm]
 
 Scaling neuron n of layer l by 1 + α equals scaling row n of that layer's down_proj kernel (DESIGN §2),
 so the edited model is an ordinary checkpoint: ours (``ports.load``) and, with --hf_out, the Hugging Face
 layout that transformers and any stack serving it can load. α = -1 ablates.
+
+--checkpoint is our checkpoint (``port.json``) or a mini-LALM directory (:mod:`esn_jax.reference.mini_lalm`,
+the default): its edited language model is no longer the packaged one, so the whole Audio Flamingo 3 model
+is written. The source's tokenizer and ``reference.json`` go beside our checkpoint (the study runs it with
+``--checkpoint=OUT``), the tokenizer beside the Hugging Face layout.
 """
 
 import json
@@ -16,9 +21,11 @@ from absl import app, flags
 
 import ports
 from esn_jax import interventions
-from esn_jax.reference import DEFAULT_DIR, META
+from esn_jax.reference import META, mini_lalm
+from ports import prompts
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", str(DEFAULT_DIR), "Our checkpoint directory to edit.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", str(mini_lalm.DEFAULT_DIR),
+                                  "Our checkpoint directory or a mini-LALM directory to edit.")
 _MASKS = flags.DEFINE_string("masks", None, "masks.npz of a study run (bool [S, K, 1 + R, E, L, I]).")
 _SELECTOR = flags.DEFINE_string("selector", "grad", "Which selector's masks.")
 _K = flags.DEFINE_float("k", 0.05, "Which k (as in the study's ks).")
@@ -43,19 +50,32 @@ def chosen_mask(masks_file: str, selector: str, k: float, emotion: str, labels: 
     return z["masks"][selectors.index(selector), ks.index(k), 0, e]  # 0: the ESNs, not a random control
 
 
-def main(argv):
-    del argv
-    checkpoint = Path(_CHECKPOINT.value)
-    meta = json.loads((checkpoint / META).read_text()) if (checkpoint / META).exists() else {}
+def load(checkpoint: Path):
+    """-> ``(model name, module, params, tokenizer or None, reference.json as a dict)`` of ``checkpoint``."""
+    if mini_lalm.is_mini_lalm(checkpoint):
+        module, params, tokenizer, meta = mini_lalm.load(checkpoint)
+        return "audio_flamingo3", module, params, tokenizer, meta
     model_name = json.loads((checkpoint / ports.checkpoint.META).read_text())["model"]
     module, params = ports.load(checkpoint)
+    meta = json.loads((checkpoint / META).read_text()) if (checkpoint / META).exists() else {}
+    tokenizer = prompts.load_tokenizer(checkpoint) if (checkpoint / "tokenizer_config.json").exists() else None
+    return model_name, module, params, tokenizer, meta
+
+
+def main(argv):
+    del argv
+    model_name, module, params, tokenizer, meta = load(Path(_CHECKPOINT.value))
     mask = chosen_mask(_MASKS.value, _SELECTOR.value, _K.value, _EMOTION.value, list(meta.get("labels", [])))
     scale = np.asarray(interventions.gain(mask, _ALPHA.value)["gate_act"]["scale"])
     edited = ports.sites.fold(params, scale)
-    print(f"wrote {ports.save(_OUT.value, model_name, module.config, edited)} ({int(mask.sum())} neurons, "
-          f"gain {1 + _ALPHA.value:g})")
-    if _HF_OUT.value:
-        print(f"wrote {ports.export(model_name, module.config, edited, _HF_OUT.value)}")
+    out = ports.save(_OUT.value, model_name, module.config, edited)
+    hf_out = ports.export(model_name, module.config, edited, _HF_OUT.value) if _HF_OUT.value else None
+    if meta:
+        (out / META).write_text(json.dumps(meta, indent=2) + "\n")
+    for path in (out, hf_out):
+        if path and tokenizer is not None:
+            tokenizer.save_pretrained(path)
+    print(f"wrote {out} ({int(mask.sum())} neurons, gain {1 + _ALPHA.value:g})" + (f" and {hf_out}" if hf_out else ""))
 
 
 if __name__ == "__main__":

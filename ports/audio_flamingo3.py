@@ -76,6 +76,24 @@ class AudioFlamingo3Config(Config):
         return cls(audio=audio, text=DecoderConfig.from_hf(text, family),
                    audio_token_id=hf.get("audio_token_id", 151669), projector_bias=hf.get("projector_bias", True))
 
+    def to_hf(self) -> dict[str, Any]:
+        """transformers' ``AudioFlamingo3Config`` dict: the inverse of :meth:`from_hf` up to tying.
+
+        transformers' AF3 always has its own lm_head, so a tied language model is written untied and
+        :func:`rules` copies its embedding into the head; reading the export back gives the untied model
+        that computes the same logits.
+        """
+        a = self.audio
+        if a.chunk_frames is not None or a.positions != "learned" or not a.pool or a.output_dim is not None:
+            raise UnsupportedConfigError("cannot export as Audio Flamingo 3: the audio encoder is not AF3's (full "
+                                         "windows, learned positions, pooled, no projection)")
+        text = {k: v for k, v in self.text.to_hf().items() if k != "architectures"}
+        return {"model_type": MODEL_TYPE, "architectures": ["AudioFlamingo3ForConditionalGeneration"],
+                "audio_config": {"model_type": "audioflamingo3_encoder",
+                                 **{hf: getattr(a, ours) for ours, hf in _AUDIO_NAMES.items()}},
+                "text_config": {**text, "tie_word_embeddings": False}, "audio_token_id": self.audio_token_id,
+                "projector_hidden_act": "gelu", "projector_bias": self.projector_bias}
+
 
 class Projector(nn.Module):
     """linear_1 (D -> H) -> exact GELU -> linear_2 (H -> H)."""
@@ -144,8 +162,12 @@ def rules(config: AudioFlamingo3Config) -> tuple[Rule, ...]:
         if config.projector_bias:
             projector.append(Rule(f"multi_modal_projector.{name}.bias", f"multi_modal_projector/{name}/bias",
                                   **NONE))
+    # transformers' AF3 always has its own lm_head: a tied language model exports its embedding there as well
+    # (export only: :meth:`AudioFlamingo3Config.from_hf` never reads a tied model).
+    head = ((Rule("language_model.lm_head.weight", "language_model/model/embed_tokens/embedding"),)
+            if config.text.tie_word_embeddings else ())
     return (decoder_rules("language_model.model", "language_model.lm_head", "language_model/",
-                          attention_biases(config.text))
+                          attention_biases(config.text)) + head
             + encoder_rules("audio_tower", "audio_tower/", config.audio) + tuple(projector))
 
 

@@ -1,5 +1,6 @@
 """Audio Flamingo 3 port vs transformers' AudioFlamingo3ForConditionalGeneration (tiny, float32)."""
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ from transformers.models.audioflamingo3.processing_audioflamingo3 import AudioFl
 
 import ports
 from ports.audio import output_lengths
-from ports.audio_flamingo3 import AudioFlamingo3Config
+from ports.audio_flamingo3 import AudioFlamingo3, AudioFlamingo3Config
 from ports.config import UnsupportedConfigError
 from ports.models import abstract_params
 from tests.ports.hf_fixtures import randomize_
@@ -106,6 +107,23 @@ def test_a_llama_language_model_matches_transformers(tmp_path):
     assert not module.config.text.tie_word_embeddings
     assert "bias" not in params["language_model"]["model"]["layers"]["self_attn"]["q_proj"]
     assert max_diff_to_transformers(hf, module, params, [40, 13]) <= TOL
+
+
+def test_export_of_a_tied_language_model_writes_its_embedding_as_the_head(converted, tmp_path):
+    """transformers' AF3 has its own lm_head whatever text_config says, so ``ports.export`` writes a tied
+    model (the embedded mini-LALM's SmolLM2) untied, the embedding copied into the head; reading the export
+    back gives the untied config."""
+    _, module, params, _ = converted
+    config = module.config
+    assert AudioFlamingo3Config.from_hf(config.to_hf()) == config
+    tied = dataclasses.replace(config, text=dataclasses.replace(config.text, tie_word_embeddings=True))
+    tied_params = {**params, "language_model": {"model": params["language_model"]["model"]}}
+    ports.export("audio_flamingo3", tied, tied_params, tmp_path / "hf")
+    hf = AudioFlamingo3ForConditionalGeneration.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    assert max_diff_to_transformers(hf, AudioFlamingo3(tied), tied_params, [40, 13]) <= TOL
+    assert AudioFlamingo3Config.from_hf(json.loads((tmp_path / "hf" / "config.json").read_text())) == config
+    with pytest.raises(UnsupportedConfigError, match="the audio encoder is not AF3's"):
+        dataclasses.replace(config, audio=dataclasses.replace(config.audio, pool=False)).to_hf()
 
 
 def test_processor_and_model_counts_agree_only_for_whole_windows():
