@@ -25,9 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Audio tokens per training row are padded up to one of these clip lengths (seconds, 25 tokens/s): one
     # compiled shape each, little padding. Longer clips are truncated to the last.
     cfg.buckets = (3.0,) if tiny else (2.0, 3.0)
-    cfg.steps = 4 if tiny else 400
+    cfg.steps = 4 if tiny else 200
     cfg.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=1e-3, warmup_steps=2 if tiny else 40, weight_decay=0.0, b1=0.9, b2=0.98, clip_norm=1.0))
+        learning_rate=1e-3, warmup_steps=2 if tiny else 20, weight_decay=0.0, b1=0.9, b2=0.98, clip_norm=1.0))
     cfg.log_every = 2 if tiny else 20
-    cfg.eval_every = 0 if tiny else 100  # validation accuracy every so many steps (0: only at the end)
+    cfg.eval_every = 0 if tiny else 50  # validation accuracy every so many steps (0: only at the end)
     return cfg

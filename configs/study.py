@@ -62,8 +62,8 @@ def defaults(local: bool = False, full: bool = False) -> dict:
         selectors="+".join(SELECTORS),
         # Fractions of all L·I neurons (or counts >= 1): the paper's range at 7B is about 0.005-0.02, and 0.01
         # is LAPE's own kept share (Tang et al.); the mini-LALM has 30 × 1536 = 46,080 neurons.
-        ks="0.01+0.05" if local else ("0.005+0.01+0.02" if full else "0.005+0.01"),
-        main_k=1,  # index into ks of the k used for steering, agnostic injection, layers and transfer
+        ks="0.01+0.05" if local else ("0.005+0.01+0.02" if full else "0.01"),
+        main_k=1 if local or full else 0,  # index into ks of the k for steering, agnostic injection, layers, transfer
         alphas="1+4" if local else ("1+2+4+8" if full else "2+8"),
         random_seeds="0+1+2" if full else "0",  # one matched random control per seed and mask
         bootstrap=50 if local else (1000 if full else 500),

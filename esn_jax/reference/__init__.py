@@ -1,8 +1,10 @@
-"""The embedded reference LALM (DESIGN §5): a small Qwen2.5-Omni thinker trained on ``synthetic_prosody``.
+"""The shipped models: the mini-LALM, the study's default (:mod:`esn_jax.reference.mini_lalm`), and the toy
+reference LALM the tests use as a fast fixture: a 2-layer Qwen2.5-Omni thinker trained from scratch on
+``synthetic_prosody`` (this module).
 
-The trained model ships in this package's ``model/`` folder, written by
-``python -m experiments.train_reference --out=esn_jax/reference/model --overwrite`` with the default
-``configs/reference.py``. A reference directory holds (the contract other code relies on):
+The toy model ships in this package's ``model/`` folder, written by
+``python -m experiments.train_reference --config=configs/reference.py --out=esn_jax/reference/model
+--overwrite``. A reference directory holds (the contract other code relies on):
 
 * ``port.json`` + ``params/`` — our checkpoint: ``ports.load(dir)`` -> ``(module, params)``
 * ``tokenizer.json`` + ``tokenizer_config.json`` — its own word-level tokenizer with Qwen2.5-Omni's special

@@ -75,17 +75,20 @@ class Prompt:
         return ids, mask
 
 
-def encode_split(module, params, dataset: str, split: str, data_dir, batch_size: int, max_tokens: int):
-    """Every clip's audio tokens, once: (tokens [N, max_tokens, D] zero-padded, counts [N], labels [N])."""
+def encode_split(module, params, dataset: str, split: str, data_dir, batch_size: int, buckets: tuple[float, ...]):
+    """Every clip's audio tokens, once: (tokens [N, A, D] zero-padded to A = the longest bucket's count,
+    counts [N], labels [N]). Clips longer than the longest bucket are truncated to it."""
     encode = jax.jit(lambda p, f, m: module.apply({"params": p}, f, m, method=lambda s, f, m: s.audio_tower(f, m)))
-    pcfg = pipeline.PipelineConfig(model="audio_flamingo3", batch_size=batch_size, buckets=(30.0,), view="four",
+    pcfg = pipeline.PipelineConfig(model="audio_flamingo3", batch_size=batch_size, buckets=buckets, view="four",
                                    n_mels=module.config.audio.num_mel_bins)
+    max_tokens = int(buckets[-1] * TOKENS_PER_SECOND)
     tokens, counts, labels = [], [], []
     for batch in pipeline.Batches(pipeline.read(dataset, split, data_dir, view="four"), pcfg):
         out, valid = encode(params, batch.features["input_features"], batch.features["input_features_mask"])
-        n = np.minimum(np.asarray(valid).sum(-1), max_tokens)  # clips past the last bucket are truncated
+        n = np.asarray(valid).sum(-1)
         keep = batch.valid
-        tokens.append(np.asarray(out[:, :max_tokens])[keep])
+        out = np.asarray(out)[:, :max_tokens]  # a bucket's window holds a token more than its clips give
+        tokens.append(np.pad(out, ((0, 0), (0, max_tokens - out.shape[1]), (0, 0)))[keep])
         counts.append(n[keep])
         labels.append(batch.labels[keep])
     return np.concatenate(tokens), np.concatenate(counts), np.concatenate(labels)
@@ -151,7 +154,8 @@ def train(cfg: ml_collections.ConfigDict, data_dir: str | None = None, log: Call
     widths = [int(s * TOKENS_PER_SECOND) for s in cfg.buckets]
     splits = {}
     for split in ("train", "validation", "test"):
-        splits[split] = encode_split(module, frozen, cfg.dataset, split, data_dir, cfg.eval_batch_size, widths[-1])
+        splits[split] = encode_split(module, frozen, cfg.dataset, split, data_dir, cfg.eval_batch_size,
+                                     tuple(cfg.buckets))
         log(f"encoded {split}: {len(splits[split][1])} clips ({time.perf_counter() - start:.0f} s)")
     encode_seconds = time.perf_counter() - start
 

@@ -111,6 +111,16 @@ def plots(workdir: Path, r: dict) -> None:
         plt.close(fig)
 
 
+def sizes(cfg: dict) -> str:
+    """The sizes the run used, so that a reader can tell a lean run from a thorough one."""
+    variant = "full" if cfg.get("full") else "local" if cfg.get("local") else "default"
+    return (f"Sizes ({variant} variant): selectors {cfg['selectors'].replace('+', ', ')}; "
+            f"k {cfg['ks'].replace('+', ', ')} (fractions of all neurons); α {cfg['alphas'].replace('+', ', ')}; "
+            f"{len(cfg['random_seeds'].split('+'))} random control(s) per mask; at most {cfg['max_id_items']} "
+            f"identification and {cfg['max_eval_items']} evaluation items; {cfg['bootstrap']} bootstrap and "
+            f"{cfg['permutations']} permutation resamples.")
+
+
 def blocks(r: dict) -> list[tuple]:
     """The report as (kind, ...) blocks: ("h", level, text), ("p", text), ("table", header, rows), ("img", file)."""
     k, labels = r["main_k"], r["model"]["labels"]
@@ -122,6 +132,7 @@ def blocks(r: dict) -> list[tuple]:
                  f"{sum(r['identification']['items_seen'])} items kept by the success filter"
                  f"{'' if r['identification']['success_filter'] else ' — filter off'}), interventions on "
                  f"`{r['data']['eval_split']}` ({r['data']['eval_items']} items). Main k = {k}."),
+           ("p", sizes(r["config"])),
            ("h", 2, "Findings"),
            ("table", ["#", "claim (DESIGN §1)", "verdict", "evidence"],
             [[f["id"], f["claim"], f"**{f['verdict']}**", f["evidence"]] for f in r["findings"]]),

@@ -19,8 +19,8 @@ import tensorflow_datasets as tfds
 
 import ports
 from configs.study import REFERENCE_DIR, get_config
-from esn_jax import reference
 from esn_jax.collateral import PLAIN_TEXT
+from esn_jax.reference import mini_lalm
 from experiments.study import analysis, report
 from experiments.study.run import run
 from ports import prompts
@@ -265,14 +265,14 @@ def test_collateral_verdict_when_measured(study):
 
 
 def test_shipped_reference_with_success_filter(env, tmp_path):
-    """The default checkpoint (the trained reference model) through the study, success filter on: the items
-    kept per emotion are the identification items the clean model labels correctly."""
+    """The default checkpoint (the mini-LALM) through the study, success filter on: the items kept per emotion
+    are the identification items the clean model labels correctly."""
     import esn_jax
-    import ports
 
-    cfg = get_config(f"local,data_dir={env[1]},dataset_config=tiny,buckets=4")
+    cfg = get_config(f"local,data_dir={env[1]},dataset_config=tiny,buckets=4,selectors=lap+cas,ks=0.01,main_k=0")
     results = run(cfg, tmp_path)
-    module, params = ports.load(cfg.checkpoint)
+    assert results["model"]["name"] == "audio_flamingo3" and results["model"]["layers"] == 30
+    module, params = mini_lalm.load(cfg.checkpoint)[:2]
     label_ids = json.loads((Path(cfg.checkpoint) / "reference.json").read_text())["label_token_ids"]
     correct = np.zeros(len(label_ids), int)
     seen = np.zeros(len(label_ids), int)
@@ -338,10 +338,16 @@ def test_sharded_run_matches(study, env, tmp_path):
 
 def test_config():
     default = get_config()
-    assert Path(default.checkpoint) == Path(REFERENCE_DIR) == reference.DEFAULT_DIR  # where the trained model ships
+    assert Path(default.checkpoint) == Path(REFERENCE_DIR) == mini_lalm.DEFAULT_DIR  # where the projector ships
+    assert default.model == ""  # the checkpoint's own
     assert default.dataset == "synthetic_prosody" and not default.local
     local = get_config("local")
     assert local.local and local.max_id_items < default.max_id_items
+    full = get_config("full")
+    assert full.full and full.max_eval_items > default.max_eval_items
+    assert len(full.ks.split("+")) > len(default.ks.split("+")) and len(full.alphas.split("+")) > 2
+    with pytest.raises(ValueError, match="at most one of local and full"):
+        get_config("local,full")
     cfg = get_config("model=audio_flamingo3,ks=0.1+0.2,main_k=0,success_filter=false,batch_size=4")
     assert (cfg.model, cfg.ks, cfg.main_k, cfg.success_filter, cfg.batch_size) == ("audio_flamingo3", "0.1+0.2", 0,
                                                                                    False, 4)
