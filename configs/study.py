@@ -52,10 +52,10 @@ def defaults(local: bool = False, full: bool = False) -> dict:
         transfer_eval_split="test",
         # 0 = the whole split; a seeded, label-stratified subset otherwise
         max_id_items=24 if local else (320 if full else 96),
-        max_eval_items=16 if local else (160 if full else 48),
+        max_eval_items=16 if local else (160 if full else 32),
         batch_size=8 if local else 16,
         # seconds; one compiled shape per bucket that clips fall in (unused buckets cost nothing)
-        buckets="2+3+4+8+16+30",
+        buckets="3+4+8+16+30",
         site="gate_act",
         positions="all",
         success_filter=True,
