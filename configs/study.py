@@ -59,7 +59,8 @@ def defaults(local: bool = False, full: bool = False) -> dict:
         site="gate_act",
         positions="all",
         success_filter=True,
-        selectors="+".join(SELECTORS),
+        # the lean default runs the paper's four; gradient attribution (beyond the paper) costs a backward pass
+        selectors="+".join(SELECTORS if local or full else SELECTORS[:4]),
         # Fractions of all L·I neurons (or counts >= 1): the paper's range at 7B is about 0.005-0.02, and 0.01
         # is LAPE's own kept share (Tang et al.); the mini-LALM has 30 × 1536 = 46,080 neurons.
         ks="0.01+0.05" if local else ("0.005+0.01+0.02" if full else "0.01"),

@@ -208,6 +208,33 @@ def _rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def study_masks(text: ports.DecoderConfig, emotions: int, alphas, variants: int | None = None):
+    """The study stage's masks: each emotion's random 2 % of the neurons ablated, then under each gain α, the
+    first ``variants`` of them (default all): (edits {"mlp_in": {"scale": [V, L, I]}}, scales [V, L, I])."""
+    masks = np.random.default_rng(3).random((emotions, text.num_hidden_layers, text.intermediate_size)) < 0.02
+    edits = [esn_jax.ablate(masks, "mlp_in")] + [esn_jax.gain(masks, a, "mlp_in") for a in alphas]
+    stacked = jax.tree.map(lambda *x: jnp.concatenate(x)[:variants], *edits)
+    return stacked, np.array(stacked["mlp_in"]["scale"])  # writable: torch.as_tensor warns on read-only arrays
+
+
+def our_sweep(module, params, inputs: dict, edits, labels):
+    """Our side of a study-stage comparison: (ours(share_prefix) -> label log-probs [V, B, E], encoder_only(),
+    prompt columns all rows share, prompt width)."""
+
+    def ours(share_prefix=True):
+        return esn_jax.score_variants(module, params, inputs, edits, labels, _CHUNK.value,
+                                      share_prefix).block_until_ready()
+
+    embedded = jax.jit(scoring.embed, static_argnums=0)(module, params, inputs)
+    embed = jax.jit(lambda p, kw: scoring.embed(module, p, kw))
+    raw = {k: v for k, v in inputs.items() if k != "attention_mask"}
+
+    def encoder_only():
+        return jax.block_until_ready(embed(params, raw))
+
+    return ours, encoder_only, prefix.shared_length(embedded), inputs["input_ids"].shape[1]
+
+
 def study_stage(alphas=(0.5, 1.0, 2.0, 4.0, 8.0), clips: int = 8) -> dict[str, float]:
     """Seconds for the study's ablation + gain sweep on the reference model: ours and the hook loop."""
     import tensorflow_datasets as tfds
@@ -228,25 +255,9 @@ def study_stage(alphas=(0.5, 1.0, 2.0, 4.0, 8.0), clips: int = 8) -> dict[str, f
         hf = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(Path(tmp) / "hf", dtype=torch.float32)
     hf.eval()
     text = module.config.text
-    rng = np.random.default_rng(3)
-    emotion_masks = rng.random((len(meta["labels"]), text.num_hidden_layers, text.intermediate_size)) < 0.02
-    edits = [esn_jax.ablate(emotion_masks, "mlp_in")] + [esn_jax.gain(emotion_masks, a, "mlp_in") for a in alphas]
-    stacked = jax.tree.map(lambda *x: jnp.concatenate(x), *edits)  # V = E × (1 + len(alphas)) variants
-    scales = np.concatenate([np.asarray(e["mlp_in"]["scale"]) for e in edits])
+    stacked, scales = study_masks(text, len(meta["labels"]), alphas)
     labels = meta["label_token_ids"]
-
-    def ours(share_prefix=True):
-        return esn_jax.score_variants(module, params, inputs, stacked, labels, _CHUNK.value,
-                                      share_prefix).block_until_ready()
-
-    embedded = jax.jit(scoring.embed, static_argnums=0)(module, params, inputs)
-    shared, width = prefix.shared_length(embedded), inputs["input_ids"].shape[1]
-    embed = jax.jit(lambda p, i, f, m: module.apply({"params": p}, i, f, m, method="embed_inputs"))
-
-    def encoder_only():
-        return jax.block_until_ready(embed(params, inputs["input_ids"], inputs["input_features"],
-                                           inputs["feature_attention_mask"]))
-
+    ours, encoder_only, shared, width = our_sweep(module, params, inputs, stacked, labels)
     current = [None]
     for i, layer in enumerate(hf.model.language_model.layers):
         layer.mlp.down_proj.register_forward_pre_hook(lambda _m, args, i=i: (args[0] * current[0][i],))
@@ -294,25 +305,9 @@ def study_stage_mini(clips: int, variants: int, alphas=(0.5, 1.0, 2.0, 4.0, 8.0)
     texts = [mini_lalm.prompt(meta, int(n)) for n in features.pop("num_audio_tokens")]
     inputs = {**prompts.tokenize(tokenizer, texts), **features}
     text = module.config.text
-    rng = np.random.default_rng(3)
-    emotion_masks = rng.random((len(meta["labels"]), text.num_hidden_layers, text.intermediate_size)) < 0.02
-    edits = [esn_jax.ablate(emotion_masks, "mlp_in")] + [esn_jax.gain(emotion_masks, a, "mlp_in") for a in alphas]
-    stacked = jax.tree.map(lambda *x: jnp.concatenate(x)[:variants], *edits)
-    scales = np.array(stacked["mlp_in"]["scale"])  # [V, L, I], writable (torch.as_tensor warns on read-only)
+    stacked, scales = study_masks(text, len(meta["labels"]), alphas, variants)
     labels = meta["label_token_ids"]
-
-    def ours(share_prefix=True):
-        return esn_jax.score_variants(module, params, inputs, stacked, labels, _CHUNK.value,
-                                      share_prefix).block_until_ready()
-
-    embedded = jax.jit(scoring.embed, static_argnums=0)(module, params, inputs)
-    shared, width = prefix.shared_length(embedded), inputs["input_ids"].shape[1]
-    embed = jax.jit(lambda p, i, f, m: module.apply({"params": p}, i, f, m, method="embed_inputs"))
-
-    def encoder_only():
-        return jax.block_until_ready(embed(params, inputs["input_ids"], inputs["input_features"],
-                                           inputs["input_features_mask"]))
-
+    ours, encoder_only, shared, width = our_sweep(module, params, inputs, stacked, labels)
     current = [None]
     for i, layer in enumerate(hf.model.language_model.layers):
         layer.mlp.down_proj.register_forward_pre_hook(lambda _m, args, i=i: (args[0] * current[0][i],))
