@@ -1,6 +1,6 @@
 r"""Writes an intervened model: ablation or gain on one emotion's neurons, folded into down_proj's weights.
 
-  python -m experiments.export --masks=workdir/study/masks.npz --selector=grad --k=0.05 --emotion=happy \
+  python -m experiments.export --masks=workdir/study/masks.npz --selector=cas --k=0.01 --emotion=happy \
       --alpha=-1 --out=/tmp/ablated [--hf_out=/tmp/ablated_hf] [--checkpoint=esn_jax/reference/mini_lalm]
 
 Scaling neuron n of layer l by 1 + α equals scaling row n of that layer's down_proj kernel (DESIGN §2),
@@ -27,8 +27,8 @@ from ports import prompts
 _CHECKPOINT = flags.DEFINE_string("checkpoint", str(mini_lalm.DEFAULT_DIR),
                                   "Our checkpoint directory or a mini-LALM directory to edit.")
 _MASKS = flags.DEFINE_string("masks", None, "masks.npz of a study run (bool [S, K, 1 + R, E, L, I]).")
-_SELECTOR = flags.DEFINE_string("selector", "grad", "Which selector's masks.")
-_K = flags.DEFINE_float("k", 0.05, "Which k (as in the study's ks).")
+_SELECTOR = flags.DEFINE_string("selector", "cas", "Which selector's masks.")
+_K = flags.DEFINE_float("k", 0.01, "Which k (as in the study's ks).")
 _EMOTION = flags.DEFINE_string("emotion", None, "Label word (from reference.json) or index of the emotion.")
 _ALPHA = flags.DEFINE_float("alpha", -1.0, "Gain 1 + alpha on the neurons; -1 ablates.")
 _OUT = flags.DEFINE_string("out", None, "Where to write our checkpoint.")

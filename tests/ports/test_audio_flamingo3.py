@@ -141,9 +141,13 @@ def test_bad_inputs_are_named(converted):
     with pytest.raises(ValueError, match=r"\[16\] <sound> placeholders.*\[5, 5, 3\] audio tokens"):
         module.apply({"params": params}, input_ids=jnp.asarray(ids), input_features=jnp.asarray(feats),
                      input_features_mask=jnp.asarray(fmask), attention_mask=jnp.asarray(mask))
-    with pytest.raises(ValueError, match="takes exactly 20"):
+    with pytest.raises(ValueError, match=r"windows \[0, 1, 2\] end within 2 frames of a window cut to 10"):
         module.apply({"params": params}, input_ids=jnp.asarray(ids), input_features=jnp.asarray(feats[..., :10]),
                      input_features_mask=jnp.asarray(fmask[:, :10]), attention_mask=jnp.asarray(mask))
+    short = (np.arange(9) < 4)[None].repeat(len(fmask), 0).astype(fmask.dtype)  # clips ending well before the cut
+    with pytest.raises(ValueError, match="takes 20 .* or an even number fewer"):
+        module.apply({"params": params}, input_ids=jnp.asarray(ids), input_features=jnp.asarray(feats[..., :9]),
+                     input_features_mask=jnp.asarray(short), attention_mask=jnp.asarray(mask))
 
 
 def test_wrong_model_checkpoint_is_refused(converted, tmp_path):
