@@ -143,16 +143,15 @@ def _score_multi_token(module, params, model_kw, labels: LabelTokens, longest: i
     edits = _extend_edits(interventions, f, t)
     logits = module.apply({"params": params}, **kw, interventions=edits, logits_positions=positions, prefix=prefix)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, 1 + F, vocab]
-    # Label j's token i is predicted at the answer (i = 0) or at its own forced token i - 1.
-    rows, targets, first = [], [], 1
-    for ids in labels:
-        rows.append([0] + list(range(first, first + len(ids) - 1)))
-        targets.append(list(ids))
-        first += len(ids) - 1
+    # Label j's token i is predicted at the answer (i = 0) or at its own forced token i - 1 (logit column
+    # 1 + offset of that token in the packed row).
     where = np.zeros((len(labels), longest), np.int32)
     what = np.zeros((len(labels), longest), np.int32)
     valid = np.zeros((len(labels), longest), np.float32)
-    for j, (r, ids) in enumerate(zip(rows, targets, strict=True)):
-        where[j, :len(r)], what[j, :len(ids)], valid[j, :len(ids)] = r, ids, 1.0
+    first = 1
+    for j, ids in enumerate(labels):
+        where[j, 1:len(ids)] = np.arange(first, first + len(ids) - 1)
+        what[j, :len(ids)], valid[j, :len(ids)] = ids, 1.0
+        first += len(ids) - 1
     token_logp = logp[:, where, what]  # [B, N, M]
     return (token_logp * valid).sum(-1)

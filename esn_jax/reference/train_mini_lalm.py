@@ -94,23 +94,25 @@ def encode_split(module, params, dataset: str, split: str, data_dir, batch_size:
     return np.concatenate(tokens), np.concatenate(counts), np.concatenate(labels)
 
 
-def make_functions(module, frozen: dict[str, Any], prefix: dict, sound: int):
-    """(train loss with grad, label scoring) over rest rows; params of both are the projector's."""
+def make_functions(module, prefix: dict, sound: int):
+    """(train loss with grad, label scoring) over rest rows; both take the projector and the frozen params."""
     config = module.config
     projector = Projector(config.text.hidden_size, config.projector_bias)
-    embedding = frozen["language_model"]["model"]["embed_tokens"]["embedding"]
 
-    def embeds(proj, ids, audio, counts):
+    def embeds(params, ids, audio, counts):
+        # The embedding comes from the traced params, not a closure: a closure would bake it into the program.
+        text = params["language_model"]["model"]["embed_tokens"]["embedding"][ids]
         valid = jnp.arange(audio.shape[1])[None, :] < counts[:, None]
-        return splice(jnp.asarray(embedding)[ids], ids == sound, projector.apply({"params": proj}, audio), valid)
+        audio = projector.apply({"params": params["multi_modal_projector"]}, audio)
+        return splice(text, ids == sound, audio, valid)
 
     def loss_fn(proj, frozen, rows, mask, audio, counts, targets, target_mask):
         params = {**frozen, "multi_modal_projector": proj}
         m = targets.shape[1]
         positions = jnp.broadcast_to(rows.shape[1] - m + jnp.arange(m), targets.shape)
         # Targets are right-aligned like the rows: a label of m_i tokens is read at the last m_i positions.
-        logits = module.apply({"params": params}, inputs_embeds=embeds(proj, rows, audio, counts), attention_mask=mask,
-                              logits_positions=positions, prefix=prefix)
+        logits = module.apply({"params": params}, inputs_embeds=embeds(params, rows, audio, counts),
+                              attention_mask=mask, logits_positions=positions, prefix=prefix)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
         return (nll * target_mask).sum(-1).mean()
 
@@ -121,7 +123,7 @@ def make_functions(module, frozen: dict[str, Any], prefix: dict, sound: int):
     @functools.partial(jax.jit, static_argnums=6)
     def score(proj, frozen, rows, mask, audio, counts, label_tokens):
         params = {**frozen, "multi_modal_projector": proj}
-        batch = {"inputs_embeds": embeds(proj, rows, audio, counts), "attention_mask": mask}
+        batch = {"inputs_embeds": embeds(params, rows, audio, counts), "attention_mask": mask}
         return esn_jax.score_labels(module, params, batch, label_tokens, prefix=prefix)
 
     return grad, score
@@ -159,7 +161,7 @@ def train(cfg: ml_collections.ConfigDict, data_dir: str | None = None, log: Call
         log(f"encoded {split}: {len(splits[split][1])} clips ({time.perf_counter() - start:.0f} s)")
     encode_seconds = time.perf_counter() - start
 
-    grad, score = make_functions(module, frozen, prefix, sound)
+    grad, score = make_functions(module, prefix, sound)
     labels_static = esn_jax.scoring.label_tokens(label_token_ids)
     longest = max(map(len, label_token_ids))
     forced = [tuple(ids[:-1]) for ids in label_token_ids]
