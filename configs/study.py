@@ -4,6 +4,7 @@
   --config=configs/study.py:full                              the same, thorough (more items, k, α, seeds)
   --config=configs/study.py:local                             a fast variant (CI, a first look)
   --config=configs/study.py:checkpoint=/ckpt/omni_jax,tokenizer=/ckpt/Qwen2.5-Omni-7B,dataset=iemocap
+  --config=configs/study.py:checkpoint=/ckpt/kimi_jax,tokenizer=/ckpt/Kimi-Audio-7B-Instruct,speech_tokenizer=/ckpt/glm4_voice_tokenizer_jax
 
 The argument is ``key=value`` pairs separated by commas (``local`` alone is ``local=true``, ``full`` alone
 ``full=true``); list values use ``+`` between items (``ks=0.005+0.01``, ``selectors=lap+cas``). Unknown keys
@@ -35,6 +36,9 @@ def defaults(local: bool = False, full: bool = False) -> dict:
         model="",  # default: what the checkpoint holds; set it to assert that
         checkpoint=REFERENCE_DIR,
         tokenizer="",  # default: the checkpoint directory
+        # Kimi-Audio only: the GLM-4-Voice speech tokenizer (a converted checkpoint, or glm-4-voice-tokenizer's own
+        # directory, converted in memory): it turns each clip into the discrete codes of Kimi's prompt
+        speech_tokenizer="",
         dtype="",  # default: as stored; e.g. bfloat16 for 7B models on accelerators
         labels="",  # label words, '+'-separated, in the model's answer vocabulary
         question="",

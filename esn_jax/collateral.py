@@ -50,8 +50,8 @@ def text_loss(module, params, input_ids, attention_mask, interventions: Interven
     """Mean next-token negative log-likelihood of every row under each of V interventions: [V, B] (nats/token).
 
     input_ids, attention_mask [B, T]: text rows padded on either side (1 = token); every pair of adjacent
-    real tokens is scored, so each row needs at least two. Any port works: the audio-language models take
-    ``input_ids`` without audio features.
+    real tokens is scored, so each row needs at least two. Any port works: the text goes in as the port feeds
+    back text it writes (``embed_answer``; Kimi-Audio: the text stream over audio-stream blanks), no audio.
     interventions: edits with a leading variant axis, e.g. ``interventions.ablate(masks [V, L, I])``.
     chunk_size: variants per vmapped step (default all V). Memory: ``chunk_size`` × B × T × vocab logits.
     """
@@ -69,9 +69,10 @@ def _loss(module, params, input_ids, attention_mask, chunks):
     pairs = (attention_mask[:, :-1] * attention_mask[:, 1:]).astype(jnp.float32)
     targets = input_ids[:, 1:, None]
     positions = jnp.broadcast_to(jnp.arange(t - 1), (b, t - 1))
+    embeds = module.apply({"params": params}, input_ids, method="embed_answer")
 
     def loss(edits):
-        logits = module.apply({"params": params}, input_ids=input_ids, attention_mask=attention_mask,
+        logits = module.apply({"params": params}, inputs_embeds=embeds, attention_mask=attention_mask,
                               interventions=edits, logits_positions=positions)
         # logsumexp − target logit rather than a full log-softmax: no second vocab-sized array.
         target = jnp.take_along_axis(logits, targets, -1)[..., 0]

@@ -116,19 +116,20 @@ class EmotionStats:
 
 
 def model_dims(params: Mapping[str, Any]) -> tuple[int, int]:
-    """(L, I) of a port's decoder, read from its scanned ``mlp/down_proj/kernel`` [L, I, H]."""
+    """(L, I) of a port's decoder, read from its scanned ``layers/mlp/down_proj/kernel`` [L, I, H] (the shared
+    decoder's: Kimi-Audio's audio-output branch, ``mimo_layers``, carries no neuron sites)."""
     found = []
 
     def walk(tree, path):
         for key, sub in tree.items():
             if isinstance(sub, Mapping):
                 walk(sub, (*path, key))
-            elif (*path, key)[-3:] == ("mlp", "down_proj", "kernel"):
+            elif (*path, key)[-4:] == ("layers", "mlp", "down_proj", "kernel"):
                 found.append(tuple(np.shape(sub)))
 
     walk(params, ())
     if len(found) != 1 or len(found[0]) != 3:
-        raise ValueError(f"expected one scanned mlp/down_proj/kernel [L, I, H] in params; found {found}")
+        raise ValueError(f"expected one scanned layers/mlp/down_proj/kernel [L, I, H] in params; found {found}")
     return found[0][0], found[0][1]
 
 

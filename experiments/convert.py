@@ -4,6 +4,8 @@ r"""Converts a checkpoint into an esn-jax checkpoint: a Hugging Face directory, 
       [--dtype=float32|bfloat16] [--overwrite]
   python -m experiments.convert --model=llama --gguf=/models/SmolLM2-135M-Instruct.Q4_1.gguf --out=/ckpt/smollm2
   python -m experiments.convert --model=whisper_encoder --ct2_dir=/models/faster-whisper-tiny.en --out=/ckpt/tiny_en
+  python -m experiments.convert --model=glm4_voice_tokenizer --hf_dir=/ckpt/glm-4-voice-tokenizer \
+      --out=/ckpt/glm4_voice_tokenizer_jax
 """
 
 from absl import app, flags

@@ -6,7 +6,8 @@ the sharding rules (:mod:`ports.sharding`); the activation bytes of one scoring 
 memory analysis of the compiled, sharded decoder forward (compiled for 8 CPU devices standing in for the
 accelerators; nothing is allocated) at two batch sizes, fitted as fixed + per-sequence bytes, compiled
 in float32 and scaled to the planned dtype (see :func:`activation_bytes`). Audio
-encoders run once per clip outside the variant axis and are counted in the parameters only.
+encoders run once per clip outside the variant axis and are counted in the parameters only; so is
+Kimi-Audio's GLM-4-Voice speech tokenizer (:data:`AUXILIARY`), whole and in float32 on every device.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ SLICES = (
     Slice("TPU v4-8 (32 GiB/chip)", 4, 32 * GiB),
     Slice("TPU v5p-8 (95 GiB/chip)", 4, 95 * GiB),
 )
+
+# A second network the study holds besides the model: the GLM-4-Voice tokenizer gives Kimi-Audio's prompts their
+# codes. It runs in float32 (as the official code does) and unsharded, once per clip when the batches are built.
+AUXILIARY = {"kimi_audio": "glm4_voice_tokenizer"}
+
+
+def auxiliary_bytes(model: str) -> int:
+    """Bytes of the float32 parameters of ``model``'s auxiliary network (0 without one), from its real config."""
+    if model not in AUXILIARY:
+        return 0
+    aux = AUXILIARY[model]
+    config = spec(aux).config_from_hf(json.loads((MODELS_DIR / f"{aux}.config.json").read_text()))
+    _, abstract = abstract_params(aux, config, jnp.float32)
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+
 
 def real_config(model: str):
     """The 7B config of ``model`` from configs/models (the Hugging Face config.json files)."""
@@ -118,6 +134,7 @@ def plan_rows(models, slices, seconds: float, dtype, emotions: int) -> list[dict
                 mesh = sharding.make_mesh(**{axis: sl.devices})
                 _, abstract = abstract_params(model, config, dtype)
                 params = sharding.bytes_per_device(abstract, sharding.param_shardings(abstract, mesh))
+                params += auxiliary_bytes(model)
                 fixed, per_seq = activation_bytes(model, config, mesh, length, dtype)
                 free = HEADROOM * sl.bytes_per_device - params - stats - fixed
                 per_device = max(int(free // per_seq), 0) if per_seq > 0 else 0

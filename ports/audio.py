@@ -12,6 +12,11 @@ One implementation, two input regimes (both from transformers' classes):
 Both: conv1(k3, p1) -> GELU -> conv2(k3, s2, p1) -> GELU -> + positions -> pre-norm encoder layers ->
 [AvgPool1d(2, 2)] -> LayerNorm -> [Linear proj]. Exact (erf) GELU, LayerNorm eps 1e-5, k_proj without bias.
 
+Options of the full-window regime for the GLM-4-Voice speech tokenizer (:mod:`ports.glm4_voice`):
+``causal_conv`` (both convolutions padded 2 frames on the left only), ``block_size`` (block-causal attention
+over the conv frames: a query sees every earlier key and every key of its own block) and ``final_norm=False``
+(no last LayerNorm). Attention masks are [B, Q, K] bool: Q = 1 for a key mask, Q = S for a full mask.
+
 Shapes: B = rows (clips or windows), M = mel bins, F = mel frames, S = frames after conv2 (F / 2),
 N = output tokens (S / 2 when pooled, else S), D = d_model, O = output width (``output_dim`` or D).
 """
@@ -41,6 +46,12 @@ class AudioEncoderConfig(Config):
     positions: "learned" (a stored [max_source_positions, D] table) or "sinusoidal" (computed).
     pool: AvgPool1d(2, 2) before the final LayerNorm.
     output_dim: width of a final Linear projection (Omni's ``proj``); None for no projection.
+    causal_conv: conv1 and conv2 padded ``kernel - 1`` = 2 frames on the left and none on the right, so a
+        conv frame never sees a later mel frame (GLM-4-Voice's ``CausalConv1d``). Full-window regime only.
+    block_size: None = every valid key is visible to every query; else block-causal attention in conv
+        frames: query q sees key k iff k <= q or k // block_size == q // block_size (and k is valid).
+        Full-window regime only.
+    final_norm: apply the last LayerNorm (``layer_norm``); False for an encoder cut before it.
     """
 
     num_mel_bins: int
@@ -53,6 +64,9 @@ class AudioEncoderConfig(Config):
     positions: str = "learned"
     pool: bool = False
     output_dim: int | None = None
+    causal_conv: bool = False
+    block_size: int | None = None
+    final_norm: bool = True
 
     def __post_init__(self):
         if self.d_model % self.encoder_attention_heads:
@@ -64,6 +78,11 @@ class AudioEncoderConfig(Config):
         if chunk is not None and (chunk % 2 or chunk // 2 > self.max_source_positions):
             raise ValueError(f"chunk_frames={self.chunk_frames} must be even and at most "
                              f"2 * max_source_positions={2 * self.max_source_positions}")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"block_size={self.block_size} must be a positive number of conv frames (or None)")
+        if chunk is not None and (self.causal_conv or self.block_size is not None):
+            raise ValueError("causal_conv and block_size are options of the full-window regime; "
+                             f"chunk_frames={chunk} selects the chunked one")
 
     @property
     def window_frames(self) -> int:
@@ -109,7 +128,7 @@ def encoder_config_from_hf(hf: Mapping[str, Any], *, names: Mapping[str, str], e
 
 
 # Whisper's decoder, generation and tokenizer settings: the ports run the encoder only.
-_WHISPER_SKIPPED = HF_BOOKKEEPING | {
+WHISPER_SKIPPED = HF_BOOKKEEPING | {
     "vocab_size", "max_target_positions", "activation_function_decoder", "apply_spec_augment",
     "mask_time_prob", "mask_time_length", "mask_time_min_masks", "mask_feature_prob", "mask_feature_length",
     "mask_feature_min_masks", "median_filter_width", "begin_suppress_tokens", "suppress_tokens",
@@ -124,7 +143,7 @@ def whisper_config_from_hf(hf: Mapping[str, Any], what: str = "config.json") -> 
     if hf.get("model_type") != "whisper":
         raise UnsupportedConfigError(f"{what} has model_type={hf.get('model_type')!r}; expected 'whisper'")
     return encoder_config_from_hf(
-        {k: v for k, v in hf.items() if not k.startswith("decoder") and k not in _WHISPER_SKIPPED},
+        {k: v for k, v in hf.items() if not k.startswith("decoder") and k not in WHISPER_SKIPPED},
         names={f: f for f in ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads",
                               "encoder_ffn_dim", "max_source_positions")},
         extra={}, what=what)
@@ -148,6 +167,21 @@ def output_lengths(frames):
     return (conv_lengths(frames) - 2) // 2 + 1
 
 
+def attention_mask(valid, block_size: int | None = None):
+    """The attention mask of full-window rows: valid [B, S] bool (True = a real conv frame) -> [B, Q, S] bool.
+
+    block_size None: the key mask [B, 1, S] (every query sees every valid key). Else the block-causal mask
+    [B, S, S]: query q sees key k iff (k <= q or k // block_size == q // block_size) and k is valid. Padded
+    frames are masked as keys only: their queries still run, and their outputs are the caller's to drop.
+    """
+    if block_size is None:
+        return valid[:, None, :]
+    pos = jnp.arange(valid.shape[1])
+    q, k = pos[:, None], pos[None, :]
+    visible = (k <= q) | (k // block_size == q // block_size)
+    return visible[None] & valid[:, None, :]
+
+
 def _dense(n: int, dtype, name: str | None = None, bias: bool = True) -> nn.Dense:
     return nn.Dense(n, use_bias=bias, dtype=dtype, param_dtype=dtype, name=name)
 
@@ -161,8 +195,9 @@ class EncoderAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, key_mask):
-        """x [B, S, D], key_mask [B, S] bool (True = may be attended to) -> [B, S, D]."""
+    def __call__(self, x, mask):
+        """x [B, S, D], mask [B, Q, S] bool (True = may be attended to; Q = 1: the same keys for every query,
+        Q = S: one row per query) -> [B, S, D]."""
         cfg = self.config
         heads = cfg.encoder_attention_heads
         b, s, _ = x.shape
@@ -172,7 +207,7 @@ class EncoderAttention(nn.Module):
             return y.reshape(b, s, heads, cfg.d_model // heads)
 
         q, k, v = project("q_proj"), project("k_proj", bias=False), project("v_proj")
-        out = jax.nn.dot_product_attention(q, k, v, mask=key_mask[:, None, None, :])
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :])  # broadcast over heads
         return _dense(cfg.d_model, self.dtype, "out_proj")(out.reshape(b, s, cfg.d_model))
 
 
@@ -181,30 +216,34 @@ class EncoderLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, h, key_mask):
+    def __call__(self, h, mask):
+        """h [B, S, D], mask [B, Q, S] bool (see EncoderAttention) -> ([B, S, D], None) (a scan body)."""
         cfg = self.config
         attn_in = _layer_norm(self.dtype, "self_attn_layer_norm")(h)
-        h = h + EncoderAttention(cfg, self.dtype, name="self_attn")(attn_in, key_mask)
+        h = h + EncoderAttention(cfg, self.dtype, name="self_attn")(attn_in, mask)
         y = _dense(cfg.encoder_ffn_dim, self.dtype, "fc1")(_layer_norm(self.dtype, "final_layer_norm")(h))
         return h + _dense(cfg.d_model, self.dtype, "fc2")(jax.nn.gelu(y, approximate=False)), None
 
 
 class AudioEncoder(nn.Module):
-    """The encoder; parameters: conv1, conv2, [embed_positions], layers (scanned), layer_norm, [proj]."""
+    """The encoder; parameters: conv1, conv2, [embed_positions], layers (scanned), [layer_norm], [proj]."""
 
     config: AudioEncoderConfig
     dtype: Any = jnp.float32
 
     def setup(self):
         cfg = self.config
-        self.conv1, self.conv2 = (nn.Conv(cfg.d_model, (3,), strides=(s,), padding=((1, 1),),
+        # A causal conv pads kernel - 1 = 2 frames on the left, none on the right: no frame sees a later one.
+        padding = ((2, 0),) if cfg.causal_conv else ((1, 1),)
+        self.conv1, self.conv2 = (nn.Conv(cfg.d_model, (3,), strides=(s,), padding=padding,
                                           dtype=self.dtype, param_dtype=self.dtype) for s in (1, 2))
         if cfg.positions == "learned":
             self.embed_positions = self.param("embed_positions", nn.initializers.normal(0.02),
                                               (cfg.max_source_positions, cfg.d_model), self.dtype)
         self.layers = nn.scan(EncoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
                               in_axes=nn.broadcast, length=cfg.encoder_layers)(cfg, self.dtype)
-        self.layer_norm = _layer_norm(self.dtype)
+        if cfg.final_norm:
+            self.layer_norm = _layer_norm(self.dtype)
         if cfg.output_dim is not None:
             self.proj = _dense(cfg.output_dim, self.dtype)
 
@@ -236,7 +275,8 @@ class AudioEncoder(nn.Module):
                 h = jnp.pad(h, ((0, 0), (0, 1), (0, 0)))
             h = h.reshape(b, h.shape[1] // 2, 2, -1).mean(axis=2)
             valid = jnp.arange(h.shape[1])[None, :] < output_lengths(frames)[:, None]
-        h = self.layer_norm(h)
+        if cfg.final_norm:
+            h = self.layer_norm(h)
         if cfg.output_dim is not None:
             h = self.proj(h)
         return h, valid
@@ -246,7 +286,7 @@ class AudioEncoder(nn.Module):
         h = jax.nn.gelu(self.conv2(h), approximate=False)
         h = h + self.embed_positions[:h.shape[1]].astype(self.dtype)
         valid = jnp.arange(h.shape[1])[None, :] < conv_lengths(frames)[:, None]
-        h, _ = self.layers(h, valid)
+        h, _ = self.layers(h, attention_mask(valid, self.config.block_size))
         return h, valid
 
     def _chunked(self, x, frames):
@@ -267,7 +307,7 @@ class AudioEncoder(nn.Module):
         keys = jnp.arange(per_chunk)[None, :] < conv_lengths(chunk_len)[:, None]
         # An all-padding chunk attends to itself so no softmax row is empty; its outputs are discarded.
         keys = keys | (chunk_len == 0)[:, None]
-        h, _ = self.layers(h, keys)
+        h, _ = self.layers(h, keys[:, None, :])
         # Every chunk but a clip's last is full, so the valid tokens of a clip form a prefix of its row.
         h = h.reshape(b, n_chunks * per_chunk, -1)
         valid = jnp.arange(h.shape[1])[None, :] < conv_lengths(frames)[:, None]
@@ -332,22 +372,24 @@ NONE = {"transform": identity, "inverse": identity}
 
 def encoder_rules(hf: str, path: str, config: AudioEncoderConfig,
                   final_norm: str = "layer_norm") -> tuple[Rule, ...]:
-    """The encoder's conversion table: ``hf`` is the checkpoint prefix (e.g. ``thinker.audio_tower``),
-    ``path`` our module path (e.g. ``audio_tower/``), ``final_norm`` the checkpoint's name of the last
-    LayerNorm (Omni: ``ln_post``)."""
+    """The encoder's conversion table: ``hf`` is the checkpoint prefix (e.g. ``thinker.audio_tower``; ``""``
+    for keys such as ``conv1.weight``), ``path`` our module path (e.g. ``audio_tower/``), ``final_norm`` the
+    checkpoint's name of the last LayerNorm (Omni: ``ln_post``; unused when ``config.final_norm`` is False)."""
+    hf = f"{hf}." if hf else ""
 
     def affine(hf_name, ours, weight="kernel", both_ways=LINEAR, bias=True):
         out = [Rule(f"{hf_name}.weight", f"{ours}/{weight}", **both_ways)]
         return out + [Rule(f"{hf_name}.bias", f"{ours}/bias")] if bias else out
 
-    layer, ours = f"{hf}.layers.{LAYER}", f"{path}layers"
-    rules = [*affine(f"{hf}.conv1", f"{path}conv1", both_ways=CONV),
-             *affine(f"{hf}.conv2", f"{path}conv2", both_ways=CONV),
-             *affine(f"{hf}.{final_norm}", f"{path}layer_norm", "scale", NONE)]
+    layer, ours = f"{hf}layers.{LAYER}", f"{path}layers"
+    rules = [*affine(f"{hf}conv1", f"{path}conv1", both_ways=CONV),
+             *affine(f"{hf}conv2", f"{path}conv2", both_ways=CONV)]
+    if config.final_norm:
+        rules += affine(f"{hf}{final_norm}", f"{path}layer_norm", "scale", NONE)
     if config.positions == "learned":
-        rules.append(Rule(f"{hf}.embed_positions.weight", f"{path}embed_positions"))
+        rules.append(Rule(f"{hf}embed_positions.weight", f"{path}embed_positions"))
     if config.output_dim is not None:
-        rules += affine(f"{hf}.proj", f"{path}proj")
+        rules += affine(f"{hf}proj", f"{path}proj")
     for norm in ("self_attn_layer_norm", "final_layer_norm"):
         rules += affine(f"{layer}.{norm}", f"{ours}/{norm}", "scale", NONE)
     for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):

@@ -19,6 +19,7 @@ from transformers import WhisperFeatureExtractor
 
 SAMPLE_RATE = 16000
 HOP = 160
+CODE_SAMPLES = 1280  # Kimi-Audio / GLM-4-Voice: one code (12.5 Hz) per 1280 samples of a segment
 WINDOW_SECONDS = 30
 SILENCE_PEAK = 1e-4  # below this peak amplitude a clip is treated as silent (16-bit quantisation step ~3e-5)
 
@@ -85,10 +86,29 @@ def audio_flamingo3(clips: Sequence[np.ndarray], n_mels: int = 128, max_windows:
 
 def kimi_audio(clips: Sequence[np.ndarray], n_mels: int = 128, max_segments: int = 20) -> dict[str, np.ndarray]:
     """-> whisper_input_features [S, M, 3000], whisper_input_mask [S, 3000], segments_per_clip [C],
-    num_audio_tokens [C] (12.5 Hz: ceil(samples / 1280) per segment). ``max_segments`` is our bound (the
-    remote code sets none)."""
+    num_audio_tokens [C] (12.5 Hz: ceil(samples / 1280) per segment), and the GLM-4-Voice tokenizer's own
+    features tokenizer_input_features [S, M, 3000] with tokenizer_input_mask [S, 3000]. ``max_segments`` is
+    our bound (the remote code sets none).
+
+    The tokenizer's features are computed as GLM-4-Voice's ``extract_speech_token`` computes them for one
+    clip (Kimi-Audio tokenizes clip by clip): the clip's 30-s segments in one extractor call, padded to the
+    longest segment rounded up to whole codes (1280 samples), then zero frames up to 3000 (frames the
+    tokenizer's causal convolutions and key mask never let reach a valid code). They differ from Whisper's
+    30-s padded features only in the last frame of a clip whose length is a multiple of 1280 samples
+    (reflected, not zero, samples past its end).
+    """
     feats, mask, per_clip = _windows(clips, n_mels, max_segments, "Kimi-Audio (as configured)")
-    per_segment = -(-mask.sum(1) // 8)
+    per_segment = -(-mask.sum(1) // (CODE_SAMPLES // HOP))  # ceil(frames / 8) = ceil(samples / 1280)
     tokens = np.add.reduceat(per_segment, np.r_[0, np.cumsum(per_clip)[:-1]])
+    size, frames = WINDOW_SECONDS * SAMPLE_RATE, WINDOW_SECONDS * SAMPLE_RATE // HOP
+    tok_feats, tok_mask = [], []
+    for clip in map(np.asarray, clips):  # checked by _windows
+        out = extractor(n_mels)([clip[s:s + size] for s in range(0, clip.size, size)], sampling_rate=SAMPLE_RATE,
+                                padding="longest", pad_to_multiple_of=CODE_SAMPLES, return_attention_mask=True,
+                                return_tensors="np")
+        pad = frames - out["input_features"].shape[-1]
+        tok_feats.append(np.pad(out["input_features"], ((0, 0), (0, 0), (0, pad))))
+        tok_mask.append(np.pad(out["attention_mask"], ((0, 0), (0, pad))))
     return {"whisper_input_features": feats, "whisper_input_mask": mask, "segments_per_clip": per_clip,
-            "num_audio_tokens": tokens}
+            "num_audio_tokens": tokens, "tokenizer_input_features": np.concatenate(tok_feats).astype(np.float32),
+            "tokenizer_input_mask": np.concatenate(tok_mask).astype(np.int32)}

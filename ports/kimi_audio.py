@@ -1,8 +1,9 @@
 """Kimi-Audio-7B-Instruct (remote code ``modeling_moonshot_kimia.py``; no transformers class) in Flax linen.
 
-Two token streams are summed: ``input_ids`` (the audio stream: GLM-4-Voice codes + 152064, and the
-kimia control tokens) and ``text_input_ids`` (``<|im_kimia_text_blank|>`` under audio). At continuous
-(audio) positions the audio stream also carries Whisper features::
+Two token streams are summed: ``input_ids`` (the audio stream: GLM-4-Voice codes + ``token_offset``,
+152064 in the released config, and the kimia control tokens) and ``text_input_ids``
+(``<|im_kimia_text_blank|>`` under audio). At continuous (audio) positions the audio stream also carries
+Whisper features::
 
     audio_emb = embed(input_ids)
     audio_emb = (audio_emb + vq_adaptor(whisper)) * sqrt(2)     where is_continuous_mask
@@ -56,6 +57,10 @@ class KimiAudioConfig(Config):
     # <|im_kimia_text_blank|>: the audio stream's token under text. Not in config.json; 151666 in the released
     # tokenizer as integrations report it; ports.prompts.kimi_audio_tokens reads the real one from the tokenizer.
     text_blank_id: int = 151666
+    # config.json's kimia_token_offset: where the GLM-4-Voice codes start in the vocabulary (an audio-stream id
+    # is code + token_offset). A default so that port.json files written before this field still load
+    # (Config.from_dict passes only the keys it finds).
+    token_offset: int = 152064
 
     def __post_init__(self):
         if self.adaptor_input_dim != STACK * self.whisper.d_model:
@@ -66,18 +71,38 @@ class KimiAudioConfig(Config):
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], whisper_hf: Mapping[str, Any]) -> KimiAudioConfig:
-        """``hf``: the checkpoint's config.json; ``whisper_hf``: ``whisper-large-v3/config.json``."""
+        """``hf``: the checkpoint's config.json; ``whisper_hf``: ``whisper-large-v3/config.json``.
+
+        RoPE theta is 10000 when config.json gives none (neither ``rope_theta`` nor a ``rope_parameters`` /
+        ``rope_scaling`` theta): the remote config class (``configuration_moonshot_kimia.py``) defaults to 10000
+        there, unlike the 1e6 that :meth:`DecoderConfig.from_hf` assumes for a bare Qwen2 config. The released
+        config.json states 1e6. ``token_offset`` comes from ``kimia_token_offset`` (default 152064).
+        """
         if hf.get("model_type") != "kimi_audio" and "kimia_mimo_layers" not in hf:
             raise UnsupportedConfigError(f"config.json has model_type={hf.get('model_type')!r} and no kimia_* "
                                          "attributes; --model=kimi_audio expects Kimi-Audio's remote-code config")
         if not hf.get("use_whisper_feature", True):
             raise UnsupportedConfigError("use_whisper_feature=False is not implemented")
         kimia = {k for k in hf if k.startswith("kimia_") or k in _KIMIA_OTHER}
-        text = DecoderConfig.from_hf({**{k: v for k, v in hf.items() if k not in kimia}, "model_type": "qwen2"})
+        text_hf = {**{k: v for k, v in hf.items() if k not in kimia}, "model_type": "qwen2"}
+        if _theta_missing(hf):
+            text_hf["rope_theta"] = KIMI_DEFAULT_ROPE_THETA
+        text = DecoderConfig.from_hf(text_hf)
         whisper = whisper_config_from_hf(whisper_hf, f"{WHISPER_DIR}/config.json")
         return cls(text=text, whisper=whisper, mimo_layers=hf.get("kimia_mimo_layers", 6),
                    mimo_from_layer=hf.get("kimia_mimo_transformer_from_layer_index", 21),
-                   adaptor_input_dim=hf.get("kimia_adaptor_input_dim", 5120))
+                   adaptor_input_dim=hf.get("kimia_adaptor_input_dim", 5120),
+                   token_offset=hf.get("kimia_token_offset", 152064))
+
+
+# The remote KimiAudioConfig's rope_theta default (it is the value a config.json without one gets there).
+KIMI_DEFAULT_ROPE_THETA = 10000.0
+
+
+def _theta_missing(hf: Mapping[str, Any]) -> bool:
+    """Whether config.json names no RoPE theta anywhere ``ports.config._rope_theta`` looks for one."""
+    return ("rope_theta" not in hf and "rope_theta" not in (hf.get("rope_parameters") or {})
+            and "rope_theta" not in (hf.get("rope_scaling") or {}))
 
 
 # Kimi's token bookkeeping (ids of the kimia control tokens, output vocab split, audio delay for

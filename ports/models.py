@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ports import audio_flamingo3, kimi_audio, qwen2_5_omni
+from ports import audio_flamingo3, glm4_voice, kimi_audio, qwen2_5_omni
 from ports.audio import AudioEncoder, AudioEncoderConfig, encoder_rules, whisper_config_from_hf
 from ports.config import DecoderConfig
 from ports.decoder import Qwen2ForCausalLM
@@ -74,6 +74,15 @@ MODELS: dict[str, ModelSpec] = {
         init_inputs=kimi_audio.init_inputs,
         ignore=kimi_audio.IGNORE,
         subfolders=(kimi_audio.WHISPER_DIR,),
+    ),
+    # GLM-4-Voice's speech tokenizer (THUDM/glm-4-voice-tokenizer): mel segments -> 12.5-Hz codes.
+    "glm4_voice_tokenizer": ModelSpec(
+        config_cls=glm4_voice.GLM4VoiceTokenizerConfig,
+        config_from_hf=glm4_voice.GLM4VoiceTokenizerConfig.from_hf,
+        build=lambda cfg, dtype: glm4_voice.GLM4VoiceTokenizer(cfg, dtype),
+        rules=glm4_voice.rules,
+        init_inputs=glm4_voice.init_inputs,
+        ignore=glm4_voice.IGNORE,
     ),
 }
 

@@ -11,16 +11,24 @@ with its audio embeddings in order, so the count must match the encoder's output
 * Kimi-Audio: two aligned id streams, laid out as the remote code's prompt manager lays out a user text
   message followed by a user audio message and the assistant's start (see :func:`kimi_audio`). The audio
   stream carries the clip's GLM-4-Voice codes (+ the kimia token offset, 152064); that tokenizer is not
-  ported, so the codes are an input here.
+  ported, so the codes are an input here. Its text tokenizer ships as ``tiktoken.model`` +
+  ``tokenizer_config.json`` with a remote-code loader; :func:`kimi_tokenizer` builds the same tokenizer as a
+  transformers fast tokenizer without that code (:func:`load_tokenizer` picks it for such a directory).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from tokenizers import AddedToken
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import TikTokenConverter
 
 OMNI_SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
                "auditory and visual inputs, as well as generating text and speech.")
@@ -50,8 +58,21 @@ def audio_flamingo3(question: str, n_audio: int, system: str = AF3_SYSTEM) -> st
     return _chatml(system, "<sound>" * n_audio + question)
 
 
-KIMI_TOKENS = ("<|im_msg_end|>", "<|im_media_begin|>", "<|im_media_end|>", "<|im_kimia_text_blank|>",
-               "<|im_kimia_user_msg_start|>", "<|im_kimia_assistant_msg_start|>", "<|im_kimia_speech_ct_id|>")
+# Kimi-Audio's control tokens (its prompts' markers; text_eos ends a text answer) -> their offset from the number
+# of base (tiktoken) tokens. In the released tokenizer the base is 151643 (Qwen2's vocabulary), so the ids are
+# 151645, 151661, 151663, 151666, 151667, 151670, 151671, 151675. Offsets rather than ids so that a tiny test
+# tokenizer laid out the same way is checked by the same rule.
+KIMI_CONTROL_OFFSETS = {
+    "<|im_msg_end|>": 2,
+    "<|im_media_begin|>": 18,
+    "<|im_media_end|>": 20,
+    "<|im_kimia_text_blank|>": 23,
+    "<|im_kimia_text_eos|>": 24,
+    "<|im_kimia_user_msg_start|>": 27,
+    "<|im_kimia_assistant_msg_start|>": 28,
+    "<|im_kimia_speech_ct_id|>": 32,
+}
+KIMI_TOKENS = tuple(KIMI_CONTROL_OFFSETS)
 
 
 def kimi_audio_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
@@ -103,8 +124,144 @@ def left_pad(rows: Sequence[dict[str, np.ndarray]], pad_id: int) -> dict[str, np
 
 
 def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
-    """The checkpoint directory's own tokenizer (local files only: nothing is downloaded)."""
+    """The checkpoint directory's own tokenizer (local files only: nothing is downloaded).
+
+    ``tiktoken.model`` without ``tokenizer.json`` (Kimi-Audio) goes through :func:`kimi_tokenizer`; anything
+    else through ``AutoTokenizer`` (``tokenizer.json``: Qwen2.5-Omni, Audio Flamingo 3, our converted
+    checkpoints). A directory with no tokenizer files at all is refused by name.
+    """
+    path = Path(directory)
+    if path.is_dir() and (path / TIKTOKEN_FILE).exists() and not (path / "tokenizer.json").exists():
+        return kimi_tokenizer(path)
+    if path.is_dir() and not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{path} holds neither tokenizer.json (a transformers fast tokenizer) nor "
+                                f"{TIKTOKEN_FILE} (a tiktoken BPE vocabulary with tokenizer_config.json, as Kimi-Audio "
+                                "ships its text tokenizer)")
     return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+
+
+TIKTOKEN_FILE = "tiktoken.model"
+# Qwen2's pre-tokenizer split (its tokenizer.json; also what vLLM's Kimi-Audio tokenizer uses, the vocabulary
+# being Qwen2's 151643 tokens). Unlike transformers' TikTokenConverter default (cl100k's ``\p{N}{1,3}``), digits
+# split one by one. Kimi-Audio's remote tokenization_kimia.py was not available offline to confirm its pat_str.
+KIMI_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501 (verbatim)
+
+
+def read_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:
+    """A ``tiktoken.model`` file -> {token bytes: rank}: one ``<base64 token> <rank>`` per line (blank lines
+    skipped), as ``tiktoken.load.load_tiktoken_bpe`` reads it but without the tiktoken package. The ranks
+    must be 0..n-1, each once, and the tokens distinct (the rank is the token's id and its merge priority).
+    Raises ValueError naming the file and the 1-based line of the first bad entry."""
+    path = Path(path)
+    ranks: dict[bytes, int] = {}
+    seen: dict[int, int] = {}  # rank -> line
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        try:
+            if len(fields) != 2:
+                raise ValueError(f"{len(fields)} fields")
+            token, rank = base64.b64decode(fields[0], validate=True), int(fields[1])
+        except (ValueError, binascii.Error) as e:
+            raise ValueError(f"{path} line {number}: expected '<base64 token> <integer rank>', got "
+                             f"{line[:80]!r} ({e})") from None
+        if token in ranks:
+            raise ValueError(f"{path} line {number}: token {token!r} repeats (first at rank {ranks[token]})")
+        if rank in seen:
+            raise ValueError(f"{path} line {number}: rank {rank} repeats (first on line {seen[rank]})")
+        ranks[token], seen[rank] = rank, number
+    if sorted(seen) != list(range(len(seen))):
+        missing = sorted(set(range(len(seen))) - set(seen))[:5]
+        raise ValueError(f"{path}: ranks are not 0..{len(seen) - 1} (missing {missing}); a rank is a token id, so "
+                         "they must be contiguous")
+    return ranks
+
+
+class _Converter(TikTokenConverter):
+    """transformers' tiktoken -> fast-tokenizer conversion, reading the file with :func:`read_tiktoken_ranks`
+    so that tiktoken is not needed at run time (its ``load_tiktoken_bpe`` is the only use)."""
+
+    @staticmethod
+    def load_tiktoken_bpe(tiktoken_url: str) -> dict[bytes, int]:
+        return read_tiktoken_ranks(tiktoken_url)
+
+
+def _added_tokens(config: Mapping[str, Any], n_base: int, where: Path) -> list[AddedToken]:
+    """tokenizer_config.json's ``added_tokens_decoder`` as AddedTokens for ids n_base, n_base + 1, ... in
+    order: a fast tokenizer gives added tokens the next ids in the order they are added, so each gap in the
+    listed ids is filled with a ``<|reserved_token_{id}|>`` placeholder to keep later ids where they belong."""
+    listed = {}
+    for key, entry in (config.get("added_tokens_decoder") or {}).items():
+        entry = {"content": entry} if isinstance(entry, str) else entry
+        listed[int(key)] = AddedToken(entry["content"], single_word=entry.get("single_word", False),
+                                      lstrip=entry.get("lstrip", False), rstrip=entry.get("rstrip", False),
+                                      normalized=entry.get("normalized", False), special=entry.get("special", True))
+    below = sorted(i for i in listed if i < n_base)
+    if below:
+        raise ValueError(f"{where}: added tokens {[(i, listed[i].content) for i in below]} have ids below the "
+                         f"{n_base} base tokens of {TIKTOKEN_FILE}; an added token cannot take a base token's id")
+    top = max(listed, default=n_base - 1)
+    return [listed.get(i) or AddedToken(f"<|reserved_token_{i}|>", normalized=False, special=True)
+            for i in range(n_base, top + 1)]
+
+
+def _named(value: Any) -> str | None:
+    """A tokenizer_config.json special-token entry (a string or an AddedToken dict) -> its text."""
+    return value.get("content") if isinstance(value, Mapping) else value
+
+
+def kimi_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
+    """Kimi-Audio's text tokenizer from ``tiktoken.model`` + ``tokenizer_config.json``, as a fast tokenizer
+    built by transformers' ``TikTokenConverter`` (no remote code is run or needed).
+
+    Base ids are the tiktoken ranks (151643 in the released file); the added tokens get exactly the ids of
+    ``added_tokens_decoder`` (151643 on; checked, a ValueError names every mismatch), and the control tokens
+    must sit at :data:`KIMI_CONTROL_OFFSETS` from the base (:func:`check_kimi_control_ids`). The pad token is
+    the config's ``pad_token`` when that names an existing token, else ``<|im_kimia_text_blank|>``;
+    ``encode(text, add_special_tokens=False)`` (and plain ``encode``) adds no BOS/EOS: the post-processor is
+    transformers' byte-level one, which adds nothing.
+    """
+    path = Path(directory)
+    vocab_file, config_file = path / TIKTOKEN_FILE, path / "tokenizer_config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} has {TIKTOKEN_FILE} but no tokenizer_config.json (its special tokens)")
+    config = json.loads(config_file.read_text())
+    converter = _Converter(str(vocab_file), pattern=KIMI_PATTERN)
+    backend = converter.converted()
+    n_base = backend.get_vocab_size(with_added_tokens=False)
+    backend.add_special_tokens(_added_tokens(config, n_base, config_file))  # appended in id order
+    wrong = [f"{tok['content']!r} has id {backend.token_to_id(tok['content'])}, config says {i}"
+             for i, tok in ((int(k), v) for k, v in (config.get("added_tokens_decoder") or {}).items())
+             if backend.token_to_id(tok["content"]) != i]
+    if wrong:
+        raise ValueError(f"{config_file}: added tokens did not get their listed ids: " + "; ".join(wrong))
+    vocab = backend.get_vocab(with_added_tokens=True)
+    # Named special tokens only when they exist: naming a missing one would append it as a new token.
+    named = {k: _named(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    named = {k: v for k, v in named.items() if v is not None and v in vocab}
+    named.setdefault("pad_token", "<|im_kimia_text_blank|>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False,
+                                        model_max_length=config.get("model_max_length", int(1e30)), **named)
+    check_kimi_control_ids(tokenizer, n_base)
+    return tokenizer
+
+
+def check_kimi_control_ids(tokenizer: PreTrainedTokenizerBase, n_base: int | None = None) -> dict[str, int]:
+    """Checks that each Kimi-Audio control token has id ``n_base + offset`` (:data:`KIMI_CONTROL_OFFSETS`:
+    ``<|im_msg_end|>`` 151645, ..., ``<|im_kimia_speech_ct_id|>`` 151675 for the released 151643 base tokens)
+    and returns {token: id}. ``n_base``: the base-vocabulary size; default, the fast tokenizer's model
+    vocabulary without added tokens. A ValueError names each token that is missing or elsewhere, its id
+    and the expected one: the model's embeddings of these ids are what its prompts mean."""
+    if n_base is None:
+        n_base = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+    vocab = tokenizer.get_vocab()
+    found = {t: vocab.get(t) for t in KIMI_CONTROL_OFFSETS}
+    wrong = [f"{t} has id {found[t]}, expected {n_base + off} (base {n_base} + {off})"
+             for t, off in KIMI_CONTROL_OFFSETS.items() if found[t] != n_base + off]
+    if wrong:
+        raise ValueError("Kimi-Audio's control tokens are not where its model expects them: " + "; ".join(wrong))
+    return found
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> dict[str, np.ndarray]:

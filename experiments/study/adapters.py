@@ -10,10 +10,13 @@ words), ``valid`` [B] bool (False on the rows that fill a short last batch) and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 import ports
@@ -23,6 +26,8 @@ from esn_jax.data.prepare import prepare
 from esn_jax.reference import mini_lalm
 from ports import prompts, sharding
 from ports.audio import output_lengths
+from ports.convert import from_hf_dir
+from ports.features import SAMPLE_RATE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +43,7 @@ class Model:
     question: str
     system: str | None
     n_mels: int
+    speech_tokenizer: tuple | None = None  # Kimi-Audio: (module, params) of the GLM-4-Voice tokenizer
 
 
 def default_question(labels: Sequence[str]) -> str:
@@ -76,9 +82,40 @@ def load_model(cfg, mesh=None) -> Model:
     if any(not ids for ids in token_ids):
         raise ValueError(f"a label word encodes to no tokens: {dict(zip(labels, token_ids, strict=True))}")
     system = cfg.system or ref.get("system") or None
-    n_mels = module.config.audio.num_mel_bins if hasattr(module.config, "audio") else 128
+    encoder = getattr(module.config, "audio", None) or getattr(module.config, "whisper", None)
+    n_mels = encoder.num_mel_bins if encoder is not None else 128
+    speech = None
+    if stored == "kimi_audio":
+        # The tokenizer is the source of truth for the blank the model feeds under a text answer.
+        blank = prompts.kimi_audio_tokens(tokenizer)["<|im_kimia_text_blank|>"]
+        module = module.clone(config=dataclasses.replace(module.config, text_blank_id=blank))
+        speech = load_speech_tokenizer(cfg.speech_tokenizer)
+        if speech[0].config.encoder.num_mel_bins != n_mels:
+            raise ValueError(f"speech_tokenizer={cfg.speech_tokenizer} takes {speech[0].config.encoder.num_mel_bins} "
+                             f"mel bins but Kimi-Audio's Whisper takes {n_mels}; both read the same features")
     return Model(stored, module, params, tokenizer, tuple(labels), token_ids,
-                 cfg.question or ref.get("question") or default_question(labels), system, n_mels)
+                 cfg.question or ref.get("question") or default_question(labels), system, n_mels, speech)
+
+
+def load_speech_tokenizer(path: str) -> tuple:
+    """(module, params) of the GLM-4-Voice speech tokenizer in float32 (as the official code runs it), from a
+    converted checkpoint (``python -m experiments.convert --model=glm4_voice_tokenizer``) or from
+    glm-4-voice-tokenizer's own directory (config.json + safetensors), converted in memory."""
+    if not path:
+        raise ValueError("model=kimi_audio needs speech_tokenizer=DIR: the GLM-4-Voice tokenizer that gives each clip "
+                         "its discrete codes (glm-4-voice-tokenizer's directory, or its conversion with python -m "
+                         "experiments.convert --model=glm4_voice_tokenizer)")
+    path = Path(path)
+    if (path / "port.json").exists():
+        stored = json.loads((path / "port.json").read_text())["model"]
+        if stored != "glm4_voice_tokenizer":
+            raise ValueError(f"speech_tokenizer={path} holds a {stored!r} checkpoint; expected glm4_voice_tokenizer")
+        return ports.load(path, dtype=jnp.float32)
+    if (path / "config.json").exists():
+        config, params = from_hf_dir(path, "glm4_voice_tokenizer", "float32")
+        return ports.MODELS["glm4_voice_tokenizer"].build(config, jnp.float32), params
+    raise FileNotFoundError(f"speech_tokenizer={path} holds neither port.json (a converted checkpoint) nor config.json "
+                            "(glm-4-voice-tokenizer's own directory)")
 
 
 def ensure_dataset(name: str, config: str, data_dir: str, manual_dir: str) -> str:
@@ -140,15 +177,14 @@ def _prompt(model: Model, n_audio: int) -> str:
 def prompt_inputs(model: Model, batch: pipeline.Batch) -> dict[str, np.ndarray]:
     """A pipeline batch -> the port's forward kwargs: left-padded ids [B, T] and attention_mask [B, T] with T
     fixed by the bucket, plus the features."""
+    if model.name == "kimi_audio":
+        return _kimi_inputs(model, batch)
     feats = dict(batch.features)
     if model.name == "qwen2_5_omni":
         counts = output_lengths(feats["feature_attention_mask"].sum(1))
-    elif model.name == "audio_flamingo3":
+    else:
         counts = feats.pop("num_audio_tokens")
         feats.pop("windows_per_clip")
-    else:
-        raise NotImplementedError("kimi_audio needs each clip's GLM-4-Voice codes, and that tokenizer is not "
-                                  "ported; the study runs qwen2_5_omni and audio_flamingo3")
     tok = prompts.tokenize(model.tokenizer, [_prompt(model, int(n)) for n in counts])
     # The longest prompt a clip of this bucket can give fixes T (audio tokens of a full bucket).
     width = len(model.tokenizer.encode(_prompt(model, int(output_lengths(int(batch.seconds * 100)))),
@@ -157,6 +193,39 @@ def prompt_inputs(model: Model, batch: pipeline.Batch) -> dict[str, np.ndarray]:
     ids = np.pad(tok["input_ids"], ((0, 0), (pad, 0)), constant_values=model.tokenizer.pad_token_id)
     mask = np.pad(tok["attention_mask"], ((0, 0), (pad, 0)))
     return {"input_ids": ids, "attention_mask": mask, **feats}
+
+
+def _kimi_inputs(model: Model, batch: pipeline.Batch) -> dict[str, np.ndarray]:
+    """Kimi-Audio's two streams [B, T] (``ports.prompts.kimi_audio``, left-padded to the bucket's longest prompt),
+    is_continuous_mask [B, T], attention_mask [B, T] and the Whisper segments; each clip's codes come from the
+    speech tokenizer (its segments' valid codes in order, + the model's token offset)."""
+    feats = dict(batch.features)
+    per_clip, counts = feats.pop("segments_per_clip"), feats.pop("num_audio_tokens")
+    real = int(per_clip.sum())  # the rows after them only pad the bucket's window count
+    codes, valid = _speech_codes(model.speech_tokenizer[0], model.speech_tokenizer[1],
+                                 feats.pop("tokenizer_input_features")[:real], feats.pop("tokenizer_input_mask")[:real])
+    codes, valid = np.asarray(codes), np.asarray(valid)
+    ends = np.cumsum(per_clip)
+    rows = []
+    for i, (start, end) in enumerate(zip(ends - per_clip, ends, strict=True)):
+        clip = np.concatenate([c[v] for c, v in zip(codes[start:end], valid[start:end], strict=True)])
+        if clip.size != counts[i]:  # the tokenizer's 12.5 Hz and the Whisper stack's must agree
+            raise ValueError(f"clip {batch.ids[i]}: the speech tokenizer gives {clip.size} codes but Kimi-Audio's "
+                             f"Whisper features give {counts[i]} tokens")
+        rows.append(prompts.kimi_audio(model.tokenizer, model.question,
+                                       (clip + model.module.config.token_offset).tolist()))
+    blank = prompts.kimi_audio_tokens(model.tokenizer)["<|im_kimia_text_blank|>"]
+    out = prompts.left_pad(rows, blank)
+    longest = model.speech_tokenizer[0].config.num_codes(int(batch.seconds * SAMPLE_RATE))
+    width = len(prompts.kimi_audio(model.tokenizer, model.question, [0] * longest)["input_ids"])
+    pad = ((0, 0), (width - out["input_ids"].shape[1], 0))
+    out = {k: np.pad(v, pad, constant_values=blank if k.endswith("input_ids") else 0) for k, v in out.items()}
+    return {**out, **feats}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _speech_codes(module, params, features, mask):
+    return module.apply({"params": params}, features, mask)
 
 
 MODEL_INPUTS_EXCLUDED = ("labels", "valid", "ids")

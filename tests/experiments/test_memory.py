@@ -61,3 +61,18 @@ def test_plan_of_a_real_model():
     assert whole > 16 and split < whole / 7  # 8.3B bf16 parameters do not fit a 16 GiB chip unsplit
     assert not rows[1]["fits"] and rows[2]["fits"] and rows[2]["max_seqs"] > 0
     assert "does not fit" in memory_plan.markdown(rows, 30.0, jnp.bfloat16)
+
+
+def test_kimi_rows_hold_the_speech_tokenizer():
+    """Kimi-Audio's plan adds the GLM-4-Voice tokenizer's float32 parameters, counted here by hand from DESIGN §3's
+    sizes (d 1280, 20 heads, ffn 5120, 16 of 32 layers, 128 mels, 1500 positions, 16384 codes, no final norm)."""
+    d, ffn, mels = 1280, 5120, 128
+    layer = 3 * d * d + 2 * d + d * d + d + 2 * 2 * d + d * ffn + ffn + ffn * d + d  # q k v (no k bias), o, 2 LN, fc
+    count = mels * d * 3 + d + d * d * 3 + d + 1500 * d + 16 * layer + 16384 * d
+    assert memory_plan.auxiliary_bytes("kimi_audio") == 4 * count
+    assert memory_plan.auxiliary_bytes("qwen2_5_omni") == 0
+    one = (memory_plan.Slice("one 80 GB", 1, 80e9),)
+    rows = {m: memory_plan.plan_rows((m,), one, 30.0, jnp.dtype(jnp.bfloat16), 4)[0] for m in ("kimi_audio",)}
+    _, abstract = memory_plan.abstract_params("kimi_audio", memory_plan.real_config("kimi_audio"), jnp.bfloat16)
+    kimi = sum(x.size * 2 for x in jax.tree.leaves(abstract))
+    assert rows["kimi_audio"]["params_gb"] * 1e9 == pytest.approx(kimi + 4 * count)

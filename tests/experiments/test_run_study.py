@@ -25,7 +25,7 @@ from experiments.study import analysis, report
 from experiments.study.run import run
 from ports import prompts
 from tests.esn_jax.test_collateral import direct_loss
-from tests.experiments import tiny_reference
+from tests.experiments import tiny_kimi, tiny_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 FINDINGS = ("1", "2", "3", "4", "5", "6a", "6b")
@@ -334,6 +334,49 @@ def test_sharded_run_matches(study, env, tmp_path):
     lap = list(sharded["selectors"]).index("lap")
     m1, m2 = np.load(workdir / "masks.npz")["masks"], np.load(tmp_path / "masks.npz")["masks"]
     assert (m1[lap, :, 0] == m2[lap, :, 0]).mean() > 0.99
+
+
+def test_kimi_audio_end_to_end(env, tmp_path):
+    """Kimi-Audio through ``python -m experiments.run_study`` from its three directories (tiny random model, tiny
+    tiktoken text tokenizer, tiny GLM-4-Voice tokenizer): every stage runs and the report is written. The saved
+    batches hold each clip's codes in the audio stream: the speech tokenizer applied to the clip as GLM-4-Voice's
+    own recipe feeds it (no padding to 30 s), + the offset, in Kimi's two-stream layout."""
+    from esn_jax.data import pipeline
+    from ports import features, prompts
+
+    paths = tiny_kimi.build(tmp_path / "kimi")
+    args = study_args(paths["checkpoint"], env[1], tokenizer=paths["tokenizer"],
+                      speech_tokenizer=paths["speech_tokenizer"], selectors="mad+grad", model="kimi_audio")
+    done = _cli(tmp_path / "work", args)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert results["model"]["name"] == "kimi_audio" and results["model"]["layers"] == 2
+    assert [f["id"] for f in results["findings"]] == list(FINDINGS)
+    assert (tmp_path / "work" / "report.md").stat().st_size > 1000
+    assert results["collateral"]  # the plain text went through Kimi's text stream
+
+    tokenizer = prompts.load_tokenizer(paths["tokenizer"])
+    ids = prompts.kimi_audio_tokens(tokenizer)
+    speech, speech_params = ports.load(paths["speech_tokenizer"])
+    offset = ports.load(paths["checkpoint"])[0].config.token_offset
+    clips = {ex.id: ex.wave for ex in pipeline.read("synthetic_prosody/tiny", "test", str(env[1]), "four")}
+    checked = 0
+    for path in sorted((tmp_path / "work" / "runs").glob("*/batches/A_test/0*.npz")):
+        batch = dict(np.load(path))
+        for row in np.flatnonzero(batch["valid"]):
+            clip = clips[str(batch["ids"][row])]
+            feats = features.extractor(16)([clip], sampling_rate=16000, padding="longest", pad_to_multiple_of=1280,
+                                           return_attention_mask=True, return_tensors="np")
+            codes, valid = speech.apply({"params": speech_params}, feats["input_features"], feats["attention_mask"])
+            want = np.asarray(codes)[np.asarray(valid)] + offset
+            cont = batch["is_continuous_mask"][row]
+            np.testing.assert_array_equal(batch["input_ids"][row][cont], want)
+            assert (batch["text_input_ids"][row][cont] == ids["<|im_kimia_text_blank|>"]).all()
+            start = np.flatnonzero(batch["attention_mask"][row])[0]
+            assert batch["input_ids"][row][start] == ids["<|im_kimia_user_msg_start|>"]
+            assert batch["input_ids"][row][-1] == ids["<|im_kimia_assistant_msg_start|>"]
+            checked += 1
+    assert checked == results["data"]["eval_items"]
 
 
 def test_config():

@@ -34,6 +34,26 @@ def test_kimi_segments_at_12_5_hz():
     assert out["num_audio_tokens"].tolist() == [375 + 7]  # ceil(8000 samples / 1280) = 7
 
 
+@pytest.mark.parametrize("seconds", [1, 30, 37, 1.28])  # 1.28 s = 16 codes exactly: no zero padding at all
+def test_kimi_tokenizer_features_are_glm4_voice_per_clip(seconds):
+    """GLM-4-Voice's extract_speech_token, written out: the clip's 30-s segments in one extractor call padded
+    to the longest rounded up to 1280 samples; valid frames = the extractor's mask; zeros beyond."""
+    clip = tone(seconds, seed=3)
+    out = features.kimi_audio([clip], n_mels=80)
+    segments = [clip[s:s + 480000] for s in range(0, clip.size, 480000)]
+    want = features.extractor(80)(segments, sampling_rate=16000, padding="longest", pad_to_multiple_of=1280,
+                                  return_attention_mask=True, return_tensors="np")
+    f = want["input_features"].shape[-1]
+    assert f % 8 == 0 and out["tokenizer_input_features"].shape == (len(segments), 80, 3000)
+    np.testing.assert_array_equal(out["tokenizer_input_features"][..., :f], want["input_features"])
+    assert not out["tokenizer_input_features"][..., f:].any() and not out["tokenizer_input_mask"][:, f:].any()
+    np.testing.assert_array_equal(out["tokenizer_input_mask"][:, :f], want["attention_mask"])
+    # codes per segment = the mask subsampled by 2 (conv) then 4 (pooling) = ceil(samples / 1280)
+    per_segment = [int(m[::8].sum()) for m in out["tokenizer_input_mask"]]
+    assert per_segment == [-(-s.size // 1280) for s in segments]
+    assert out["num_audio_tokens"].tolist() == [sum(per_segment)]
+
+
 @pytest.mark.parametrize("clip, message", [
     (np.zeros(0, np.float32), "clip 0 is empty"),
     (np.zeros(16000, np.float32), "clip 0 is silent"),

@@ -1,6 +1,7 @@
 """Kimi-Audio port: each part against its reference (no transformers class exists for the whole model), and
 conversion of a checkpoint directory in the remote-code layout with its ``whisper-large-v3/`` sub-checkpoint."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -295,3 +296,39 @@ def test_7b_config_builds_abstractly_with_the_documented_parameter_count():
             + adaptor + sum(hf_param_count(WhisperEncoder, WhisperConfig(**whisper_hf)).values()))
     assert count_params(abstract) == want
     assert (config.mimo_layers, config.mimo_from_layer, config.whisper.window_frames) == (6, 21, 3000)
+
+
+def small_hf(**changes):
+    """A small Kimi-Audio config.json dict (the hf_checkpoint's) with ``changes``; None values are dropped."""
+    hf = {**{k: v for k, v in TEXT.items() if k != "rope_parameters"}, **KIMIA, **changes}
+    return {k: v for k, v in hf.items() if v is not None}
+
+
+WHISPER_HF = {**WHISPER, "model_type": "whisper"}  # what WhisperConfig.save_pretrained writes
+
+
+def test_rope_theta_defaults_to_the_remote_configs_10000():
+    """The remote config class defaults rope_theta to 10000, not Qwen2's 1e6; a stated theta wins."""
+    assert KimiAudioConfig.from_hf(small_hf(), WHISPER_HF).text.rope_theta == 10000.0
+    assert KimiAudioConfig.from_hf(small_hf(rope_theta=1e6), WHISPER_HF).text.rope_theta == 1e6
+    assert KimiAudioConfig.from_hf(small_hf(rope_theta=5e5, rope_scaling=None), WHISPER_HF).text.rope_theta == 5e5
+    params = {"rope_type": "default", "rope_theta": 1e6}
+    assert KimiAudioConfig.from_hf(small_hf(rope_parameters=params), WHISPER_HF).text.rope_theta == 1e6
+    # Other models keep the Qwen2 default.
+    bare_qwen2 = {**{k: v for k, v in TEXT.items() if k != "rope_parameters"}, "model_type": "qwen2"}
+    assert DecoderConfig.from_hf(bare_qwen2).rope_theta == 1e6
+
+
+def test_token_offset_is_read_and_old_port_json_still_loads():
+    config = KimiAudioConfig.from_hf(small_hf(), WHISPER_HF)
+    assert config.token_offset == 64  # KIMIA's kimia_token_offset
+    assert KimiAudioConfig.from_hf(small_hf(kimia_token_offset=None), WHISPER_HF).token_offset == 152064
+    real = json.loads((FIXTURES / "kimi_audio_7b.config.json").read_text())
+    whisper_hf = json.loads((FIXTURES / "whisper_large_v3.config.json").read_text())
+    released = KimiAudioConfig.from_hf(real, whisper_hf)
+    assert (released.token_offset, released.text.rope_theta) == (152064, 1e6)
+    stored = config.to_dict()
+    assert KimiAudioConfig.from_dict(stored) == config
+    del stored["token_offset"]  # a port.json written before the field
+    old = KimiAudioConfig.from_dict(stored)
+    assert old.token_offset == 152064 and old == dataclasses.replace(config, token_offset=152064)

@@ -2,6 +2,7 @@
 placeholder count from the features module, and left padding."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from ports import features, prompts
 from ports.audio import output_lengths
+from tests.ports.kimi_tokenizer_fixture import WORDS as KIMI_WORDS
+from tests.ports.kimi_tokenizer_fixture import ranks_for, write_kimi_tokenizer
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<sound>",
             *prompts.KIMI_TOKENS]
@@ -127,3 +130,178 @@ def test_left_pad_streams(tokenizer):
     assert batch["is_continuous_mask"][0].tolist() == [False] * 3 + rows[0]["is_continuous_mask"].tolist()
     assert batch["input_ids"][0, :3].tolist() == [0, 0, 0]
     np.testing.assert_array_equal(batch["text_input_ids"][0, 3:], rows[0]["text_input_ids"])
+
+
+# --- Kimi-Audio's tiktoken tokenizer, converted to a fast tokenizer (tests/ports/kimi_tokenizer_fixture.py) ---
+
+KIMI_BASE = len(ranks_for(KIMI_WORDS))  # 325 base tokens in the tiny fixture (151643 in the released tokenizer)
+# The ids of the released tokenizer (151643 base tokens), as integrations report them.
+RELEASED = {"<|im_msg_end|>": 151645, "<|im_media_begin|>": 151661, "<|im_media_end|>": 151663,
+            "<|im_kimia_text_blank|>": 151666, "<|im_kimia_text_eos|>": 151667, "<|im_kimia_user_msg_start|>": 151670,
+            "<|im_kimia_assistant_msg_start|>": 151671, "<|im_kimia_speech_ct_id|>": 151675}
+TEXTS = [
+    "What emotion is this? neutral, happy, sad or angry. It costs $3.50 (1,234 items) at 12:30pm!",
+    "I'm sure you're right; they've said we'll go, he'd know and it's HER's: DON'T, Won'T",
+    "line one\nline two\r\n\n\nindented   by  three\t\ttabs   \n  \n trailing spaces   ",
+    "你好，情绪如何？ 情绪 Привет, мир! مرحبا 😀🎉👍🏽 naïve café ﬁne",
+    "<|im_kimia_user_msg_start|>What emotion<|im_kimia_text_blank|> is this?<|im_msg_end|>\n<|im_media_begin|>"
+    "<|im_media_end|><|im_kimia_speech_ct_id|><|im_kimia_assistant_msg_start|>happy<|im_kimia_text_eos|>",
+    " neutral neutral  happy   sad\n\nangry",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def kimi_dir(tmp_path_factory):
+    return write_kimi_tokenizer(tmp_path_factory.mktemp("kimi_tok"))
+
+
+@pytest.fixture(scope="module")
+def kimi_tok(kimi_dir):
+    return prompts.load_tokenizer(kimi_dir)
+
+
+def tiktoken_reference(directory, monkeypatch):
+    """tiktoken's own Encoding of the same files: ranks read by tiktoken.load.load_tiktoken_bpe, the same split
+    pattern, the added tokens of tokenizer_config.json as special tokens."""
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import load_tiktoken_bpe
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # tiktoken caches files by path; tmp paths are reused across runs
+    ranks = load_tiktoken_bpe(str(directory / "tiktoken.model"))
+    added = json.loads((directory / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    return tiktoken.Encoding("kimi_fixture", pat_str=prompts.KIMI_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={v["content"]: int(k) for k, v in added.items()})
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_kimi_tokenizer_encodes_as_tiktoken_does(kimi_dir, kimi_tok, monkeypatch, text):
+    reference = tiktoken_reference(kimi_dir, monkeypatch)
+    want = reference.encode(text, allowed_special="all")
+    assert kimi_tok.encode(text, add_special_tokens=False) == want
+    assert kimi_tok(text)["input_ids"] == want  # no BOS/EOS either way
+    assert kimi_tok.decode(want) == reference.decode(want) == text
+
+
+def test_kimi_tokenizer_merges_the_fixture_words_and_splits_digits(kimi_tok):
+    ranks = ranks_for(KIMI_WORDS)
+    for word in KIMI_WORDS:
+        assert kimi_tok.encode(word, add_special_tokens=False) == [ranks[word.encode()]], word
+    assert kimi_tok.encode("What emotion is this?", add_special_tokens=False) == [294, 301, 303, 307, 30]
+    assert kimi_tok.encode("2024", add_special_tokens=False) == [17, 15, 17, 19]  # Qwen2's \p{N}: one digit each
+    assert kimi_tok.bos_token is None and kimi_tok.eos_token is None
+
+
+def test_kimi_control_tokens_sit_at_the_released_offsets(kimi_tok):
+    assert {t: 151643 + off for t, off in prompts.KIMI_CONTROL_OFFSETS.items()} == RELEASED
+    want = {t: KIMI_BASE + off for t, off in prompts.KIMI_CONTROL_OFFSETS.items()}
+    assert prompts.check_kimi_control_ids(kimi_tok) == want
+    assert prompts.kimi_audio_tokens(kimi_tok) == want
+    assert want["<|im_msg_end|>"] == KIMI_BASE + 2 == 327 and want["<|im_kimia_speech_ct_id|>"] == 357
+    assert len(kimi_tok) == KIMI_BASE + 256
+    assert kimi_tok.pad_token == "<|im_kimia_text_blank|>" and kimi_tok.pad_token_id == KIMI_BASE + 23
+    assert kimi_tok.convert_ids_to_tokens(KIMI_BASE + 255) == "<|reserved_token_255|>"
+    assert kimi_tok.decode([261, KIMI_BASE + 24], skip_special_tokens=True) == "neutral"
+
+
+def test_kimi_prompt_streams_with_the_converted_tokenizer(kimi_tok):
+    got = prompts.kimi_audio(kimi_tok, "What emotion is this?", [900, 901])
+    t = {tok: KIMI_BASE + off for tok, off in prompts.KIMI_CONTROL_OFFSETS.items()}
+    blank = t["<|im_kimia_text_blank|>"]
+    assert got["input_ids"].tolist() == [t["<|im_kimia_user_msg_start|>"], *[blank] * 5, t["<|im_media_begin|>"],
+                                         900, 901, t["<|im_media_end|>"], t["<|im_kimia_speech_ct_id|>"],
+                                         t["<|im_msg_end|>"], t["<|im_kimia_assistant_msg_start|>"]]
+    assert got["text_input_ids"].tolist() == [blank, 294, 301, 303, 307, 30, *[blank] * 7]
+    batch = prompts.tokenize(kimi_tok, ["What", "What emotion is this?"])
+    assert batch["input_ids"][0].tolist() == [blank] * 4 + [294]
+
+
+def test_kimi_tokenizer_fills_gaps_in_the_reserved_ids(tmp_path, monkeypatch):
+    """Only the control tokens listed: the placeholders in between keep each at its listed id."""
+    directory = write_kimi_tokenizer(tmp_path, fillers=False)
+    tok = prompts.load_tokenizer(directory)
+    assert prompts.check_kimi_control_ids(tok)["<|im_kimia_speech_ct_id|>"] == KIMI_BASE + 32
+    assert len(tok) == KIMI_BASE + 33
+    assert tok.convert_ids_to_tokens(KIMI_BASE + 3) == f"<|reserved_token_{KIMI_BASE + 3}|>"
+    text = TEXTS[4]
+    assert tok.encode(text, add_special_tokens=False) == tiktoken_reference(directory, monkeypatch).encode(
+        text, allowed_special="all")
+
+
+def test_kimi_tokenizer_takes_a_named_pad_token_that_exists(tmp_path):
+    directory = write_kimi_tokenizer(tmp_path)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "pad_token": "<|reserved_token_0|>",
+                                                                 "bos_token": "<|reserved_token_1|>",
+                                                                 "eos_token": "[EOS-not-in-vocab]"}))
+    tok = prompts.load_tokenizer(directory)
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token) == (KIMI_BASE, KIMI_BASE + 1, None)
+    assert len(tok) == KIMI_BASE + 256  # the missing eos_token was not appended as a new token
+    assert tok.encode("What", add_special_tokens=False) == [294]
+    config["pad_token"] = {"content": "<|no_such_token|>"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    assert prompts.load_tokenizer(directory).pad_token == "<|im_kimia_text_blank|>"
+
+
+def test_kimi_tokenizer_refuses_a_moved_control_token(tmp_path):
+    directory = write_kimi_tokenizer(tmp_path)
+    path = directory / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    added = config["added_tokens_decoder"]
+    a, b = str(KIMI_BASE + 20), str(KIMI_BASE + 21)  # <|im_media_end|> one place up
+    added[a], added[b] = added[b], added[a]
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=re.escape(
+            f"<|im_media_end|> has id {KIMI_BASE + 21}, expected {KIMI_BASE + 20} (base {KIMI_BASE} + 20)")) as e:
+        prompts.load_tokenizer(directory)
+    assert "im_msg_end" not in str(e.value)  # only the moved one is named
+
+
+def test_kimi_tokenizer_refuses_added_tokens_off_their_ids(tmp_path):
+    directory = write_kimi_tokenizer(tmp_path)
+    path = directory / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["added_tokens_decoder"][str(KIMI_BASE + 5)]["content"] = "<|im_msg_end|>"  # listed twice
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=re.escape(f"'<|im_msg_end|>' has id {KIMI_BASE + 2}, config says "
+                                                   f"{KIMI_BASE + 5}")):
+        prompts.load_tokenizer(directory)
+    config["added_tokens_decoder"]["7"] = {"content": "<|low|>"}
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"\(7, '<\|low\|>'\)\] have ids below the 325 base tokens"):
+        prompts.load_tokenizer(directory)
+
+
+@pytest.mark.parametrize(("line", "why"), [("bm90IGJhc2U2NA 3", "Incorrect padding|base64"), ("IQ==", "1 fields"),
+                                           ("IQ== three", "invalid literal")])
+def test_kimi_tokenizer_refuses_a_malformed_tiktoken_line(tmp_path, line, why):
+    directory = write_kimi_tokenizer(tmp_path)
+    path = directory / "tiktoken.model"
+    lines = path.read_text().splitlines()
+    lines[4] = line
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} line 5: expected '<base64 token> <integer rank>'"
+                                         rf".*({why})"):
+        prompts.load_tokenizer(directory)
+
+
+def test_kimi_tokenizer_refuses_repeated_or_missing_ranks(tmp_path):
+    directory = write_kimi_tokenizer(tmp_path)
+    path = directory / "tiktoken.model"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[:3], lines[3].split()[0] + " 2", *lines[4:]]) + "\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} line 4: rank 2 repeats \(first on line 3\)"):
+        prompts.read_tiktoken_ranks(path)
+    path.write_text("\n".join(lines[:3] + lines[4:]) + "\n")
+    with pytest.raises(ValueError, match=r"ranks are not 0\.\.323 \(missing \[3\]\)"):
+        prompts.read_tiktoken_ranks(path)
+
+
+def test_load_tokenizer_names_both_files_when_neither_is_there(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"neither tokenizer.json \(a transformers fast tokenizer\) nor "
+                                                r"tiktoken.model \(a tiktoken BPE vocabulary"):
+        prompts.load_tokenizer(tmp_path)
+    (tmp_path / "tiktoken.model").write_text("IQ== 0\n")
+    with pytest.raises(FileNotFoundError, match="tiktoken.model but no tokenizer_config.json"):
+        prompts.load_tokenizer(tmp_path)
