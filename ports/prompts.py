@@ -10,8 +10,8 @@ with its audio embeddings in order, so the count must match the encoder's output
 * Audio Flamingo 3: system "You are a helpful assistant."; ``<sound>`` * N right before the question.
 * Kimi-Audio: two aligned id streams, laid out as the remote code's prompt manager lays out a user text
   message followed by a user audio message and the assistant's start (see :func:`kimi_audio`). The audio
-  stream carries the clip's GLM-4-Voice codes (+ the kimia token offset, 152064); that tokenizer is not
-  ported, so the codes are an input here. Its text tokenizer ships as ``tiktoken.model`` +
+  stream carries the clip's GLM-4-Voice codes (+ the kimia token offset, 152064), which the caller computes
+  with :mod:`ports.glm4_voice` (the study: ``experiments.study.adapters``). Its text tokenizer ships as ``tiktoken.model`` +
   ``tokenizer_config.json`` with a remote-code loader; :func:`kimi_tokenizer` builds the same tokenizer as a
   transformers fast tokenizer without that code (:func:`load_tokenizer` picks it for such a directory).
 """

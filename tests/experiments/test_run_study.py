@@ -20,10 +20,11 @@ import tensorflow_datasets as tfds
 import ports
 from configs.study import REFERENCE_DIR, get_config
 from esn_jax.collateral import PLAIN_TEXT
+from esn_jax.data import pipeline
 from esn_jax.reference import mini_lalm
-from experiments.study import analysis, report
+from experiments.study import adapters, analysis, report
 from experiments.study.run import run
-from ports import prompts
+from ports import features, prompts
 from tests.esn_jax.test_collateral import direct_loss
 from tests.experiments import tiny_kimi, tiny_reference
 
@@ -336,15 +337,17 @@ def test_sharded_run_matches(study, env, tmp_path):
     assert (m1[lap, :, 0] == m2[lap, :, 0]).mean() > 0.99
 
 
-def test_kimi_audio_end_to_end(env, tmp_path):
+@pytest.fixture(scope="module")
+def kimi(tmp_path_factory):
+    return tiny_kimi.build(tmp_path_factory.mktemp("kimi"))
+
+
+def test_kimi_audio_end_to_end(env, kimi, tmp_path):
     """Kimi-Audio through ``python -m experiments.run_study`` from its three directories (tiny random model, tiny
     tiktoken text tokenizer, tiny GLM-4-Voice tokenizer): every stage runs and the report is written. The saved
     batches hold each clip's codes in the audio stream: the speech tokenizer applied to the clip as GLM-4-Voice's
     own recipe feeds it (no padding to 30 s), + the offset, in Kimi's two-stream layout."""
-    from esn_jax.data import pipeline
-    from ports import features, prompts
-
-    paths = tiny_kimi.build(tmp_path / "kimi")
+    paths = kimi
     args = study_args(paths["checkpoint"], env[1], tokenizer=paths["tokenizer"],
                       speech_tokenizer=paths["speech_tokenizer"], selectors="mad+grad", model="kimi_audio")
     done = _cli(tmp_path / "work", args)
@@ -377,6 +380,22 @@ def test_kimi_audio_end_to_end(env, tmp_path):
             assert batch["input_ids"][row][-1] == ids["<|im_kimia_assistant_msg_start|>"]
             checked += 1
     assert checked == results["data"]["eval_items"]
+
+
+def test_kimi_audio_inputs_are_checked_by_name(env, kimi, tmp_path):
+    def load(**keys):
+        return adapters.load_model(get_config(study_args(kimi["checkpoint"], env[1], **keys)))
+
+    with pytest.raises(ValueError, match="model=kimi_audio needs speech_tokenizer=DIR"):
+        load(tokenizer=kimi["tokenizer"])
+    with pytest.raises(FileNotFoundError, match="holds neither tokenizer.json .* nor tiktoken.model"):
+        load(speech_tokenizer=kimi["speech_tokenizer"])  # the converted model holds no text tokenizer
+    with pytest.raises(ValueError, match="holds a 'kimi_audio' checkpoint; expected glm4_voice_tokenizer"):
+        load(tokenizer=kimi["tokenizer"], speech_tokenizer=kimi["checkpoint"])
+    with pytest.raises(FileNotFoundError, match="holds neither port.json .* nor config.json"):
+        load(tokenizer=kimi["tokenizer"], speech_tokenizer=tmp_path)
+    model = load(tokenizer=kimi["tokenizer"], speech_tokenizer=kimi["speech_tokenizer"])
+    assert model.module.config.text_blank_id == prompts.kimi_audio_tokens(model.tokenizer)["<|im_kimia_text_blank|>"]
 
 
 def test_config():

@@ -21,7 +21,7 @@ from ports.audio import attention_mask
 from ports.glm4_voice import IGNORE, GLM4VoiceTokenizer, GLM4VoiceTokenizerConfig, init_inputs, rules
 from ports.models import abstract_params
 from tests.ports.hf_fixtures import randomize_
-from tests.ports.lalm_helpers import count_params, hf_param_count, max_abs_diff, params_from_torch
+from tests.ports.lalm_helpers import FIXTURES, count_params, hf_param_count, max_abs_diff, params_from_torch
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -318,12 +318,10 @@ def test_num_codes_counts_each_segment():
 
 
 def test_released_config_builds_abstractly_with_whisper_sized_layers():
-    """The released sizes: 16 of the 32 Whisper-large-v3 layers, 128 mels, codebook 16384 x 1280. Independent
-    count: transformers' WhisperEncoder with 16 layers on the meta device, less its final layer_norm."""
-    real = {**HF_CONFIG, "d_model": 1280, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120, "encoder_layers": 32,
-            "num_mel_bins": 128, "max_source_positions": 1500, "pooling_position": 16, "quantize_position": 16,
-            "quantize_causal_block_size": 200, "quantize_vocab_size": 16384}
-    cfg = GLM4VoiceTokenizerConfig.from_hf(real)
+    """The released sizes (configs/models, the memory plan's source): 16 of the 32 Whisper-large-v3 layers, 128
+    mels, codebook 16384 x 1280. Independent count: transformers' WhisperEncoder with 16 layers on the meta device,
+    less its final layer_norm."""
+    cfg = GLM4VoiceTokenizerConfig.from_hf(json.loads((FIXTURES / "glm4_voice_tokenizer.config.json").read_text()))
     sizes = (cfg.encoder.encoder_layers, cfg.encoder.block_size, cfg.pool_kernel, cfg.codebook_size)
     assert sizes == (16, 200, 4, 16384)
     assert cfg.encoder.causal_conv and not cfg.encoder.final_norm
