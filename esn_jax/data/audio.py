@@ -3,7 +3,8 @@
 Fixed (and counted): stereo/multichannel audio (averaged to mono) and any sample rate other than 16 kHz
 (polyphase resampling). Refused with a :class:`BadAudio` reason: an unreadable or corrupt file, a file with
 no audio stream, an empty one, one holding NaN/inf samples, a silent one (it would carry no cue and the
-models' feature functions refuse it).
+models' feature functions refuse it), a Git LFS pointer (``lfs_pointer``: the text stub a zip download of a
+Git LFS repository, such as CREMA-D's, holds in place of the audio).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from scipy import signal
 from ports.features import SAMPLE_RATE, SILENCE_PEAK
 
 _SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg")
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
 class BadAudio(ValueError):
@@ -70,6 +72,10 @@ def decode(path: epath.PathLike) -> tuple[np.ndarray, list[str]]:
         if path.stat().length == 0:
             raise BadAudio("empty", "0-byte file")
         with path.open("rb") as f:
+            if f.read(len(_LFS_POINTER)) == _LFS_POINTER:
+                raise BadAudio("lfs_pointer", "a Git LFS pointer file, not audio: fetch the audio with `git lfs pull` "
+                                              "in a clone of the repository")
+            f.seek(0)
             if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
                 try:
                     data, rate = _decode_soundfile(f)

@@ -111,6 +111,9 @@ class EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     CORPUS = ""
     HOMEPAGE = ""
     CITATION = ""
+    # Files of the release known to be unusable (corrupt, missing, mis-cut): {item key: what is wrong}. Skipped
+    # as ``known_bad`` with that detail before decoding, so the summary says why rather than how it failed.
+    KNOWN_BAD: Mapping[str, str] = {}
 
     def __init__(self, **kwargs):
         # array_record: what tfds.data_source (random access, numpy, no TF at read time) reads.
@@ -145,6 +148,9 @@ class EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, split: str, items: Sequence[Item]) -> Iterator[tuple[str, dict]]:
         fixed = collections.Counter()
         for item in items:
+            if item.key in self.KNOWN_BAD:
+                self._skip(Skip(split, item.key, "known_bad", self.KNOWN_BAD[item.key]))
+                continue
             try:
                 emotion, emotion4 = emotions.unify(self.CORPUS, item.label)
                 if item.file is None:

@@ -41,6 +41,14 @@ def test_decode_refuses_what_cannot_be_fixed(tmp_path, kind, reason):
     assert e.value.reason == reason
 
 
+def test_decode_names_a_git_lfs_pointer(tmp_path):
+    path = tmp_path / "1001_DFA_ANG_XX.wav"  # what a zip download of CREMA-D's repository holds
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 62342\n")
+    with pytest.raises(audio.BadAudio, match="git lfs pull") as e:
+        audio.decode(path)
+    assert e.value.reason == "lfs_pointer"
+
+
 def test_decode_names_a_missing_file_unreadable(tmp_path):
     with pytest.raises(audio.BadAudio) as e:
         audio.decode(tmp_path / "absent.wav")
