@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.dataset = "synthetic_prosody/tiny" if tiny else "synthetic_prosody/small"
     cfg.labels = ("neutral", "happy", "sad", "angry")  # esn_jax.data.FOUR order: the "four" view's label index
     cfg.question = "What emotion does the speaker express? Answer with one word: neutral, happy, sad or angry."
-    cfg.system = None  # None: Qwen2.5-Omni's default system prompt (ports.prompts.OMNI_SYSTEM)
+    cfg.system = None  # None: the long Qwen2.5-Omni prompt the toy has always used (ports.prompts.OMNI_VOICE_SYSTEM)
     cfg.text = ml_collections.ConfigDict(dict(
         hidden_size=32 if tiny else 64, intermediate_size=64 if tiny else 256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, rope_theta=1e6, rms_norm_eps=1e-6,

@@ -42,7 +42,7 @@ def defaults(local: bool = False, full: bool = False) -> dict:
         dtype="",  # default: as stored; e.g. bfloat16 for 7B models on accelerators
         labels="",  # label words, '+'-separated, in the model's answer vocabulary
         question="",
-        system="",
+        system="",  # default: the model's chat-template default; omni_voice: Qwen2.5-Omni's speech-output prompt
         dataset="synthetic_prosody",
         dataset_config="",  # tfds builder config (synthetic_prosody: small|large|tiny)
         transfer_dataset="",  # a second dataset: select on `dataset`, intervene on this one

@@ -5,15 +5,17 @@ A prompt is one user turn holding one clip and a question; ``n_audio`` is that c
 :func:`ports.audio.output_lengths` of the clip's valid mel frames). The model replaces the placeholders
 with its audio embeddings in order, so the count must match the encoder's output exactly.
 
-* Qwen2.5-Omni: its default system prompt; ``<|audio_bos|>`` + ``<|AUDIO|>`` * N + ``<|audio_eos|>`` before
-  the question.
+* Qwen2.5-Omni: its chat template's default system prompt ("You are a helpful assistant."; the model card's
+  long "You are Qwen, a virtual human…" one, for speech output, is :data:`OMNI_VOICE_SYSTEM`);
+  ``<|audio_bos|>`` + ``<|AUDIO|>`` * N + ``<|audio_eos|>`` before the question.
 * Audio Flamingo 3: system "You are a helpful assistant."; ``<sound>`` * N right before the question.
 * Kimi-Audio: two aligned id streams, laid out as the remote code's prompt manager lays out a user text
   message followed by a user audio message and the assistant's start (see :func:`kimi_audio`). The audio
   stream carries the clip's GLM-4-Voice codes (+ the kimia token offset, 152064), which the caller computes
-  with :mod:`ports.glm4_voice` (the study: ``experiments.study.adapters``). Its text tokenizer ships as ``tiktoken.model`` +
-  ``tokenizer_config.json`` with a remote-code loader; :func:`kimi_tokenizer` builds the same tokenizer as a
-  transformers fast tokenizer without that code (:func:`load_tokenizer` picks it for such a directory).
+  with :mod:`ports.glm4_voice` (the study: ``experiments.study.adapters``). Its text tokenizer ships as
+  ``tiktoken.model`` + ``tokenizer_config.json`` with a remote-code loader; :func:`kimi_tokenizer` builds the
+  same tokenizer as a transformers fast tokenizer without that code (:func:`load_tokenizer` picks it for such
+  a directory).
 """
 
 from __future__ import annotations
@@ -30,9 +32,15 @@ from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
-OMNI_SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
-               "auditory and visual inputs, as well as generating text and speech.")
+# Qwen2.5-Omni's chat template inserts this system prompt when a conversation has none: the study's default.
+OMNI_SYSTEM = "You are a helpful assistant."
+# The system prompt Qwen2.5-Omni's model card asks for when the model should also answer in speech (its talker);
+# an option (study config ``system=omni_voice``), not the default: the study reads text answers only.
+OMNI_VOICE_SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
+                     "auditory and visual inputs, as well as generating text and speech.")
 AF3_SYSTEM = "You are a helpful assistant."
+# Named system prompts a config may give by name (their text holds commas, which a config string cannot).
+SYSTEM_PRESETS = {"omni_voice": OMNI_VOICE_SYSTEM}
 
 
 def _chatml(system: str, user: str) -> str:

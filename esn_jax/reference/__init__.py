@@ -56,8 +56,8 @@ def load_reference(path: str | Path | None = None, dtype=None) -> tuple[Any, Any
 
 def prompt(meta: Mapping[str, Any], n_audio: int) -> str:
     """The reference's prompt for one clip of ``n_audio`` audio tokens."""
-    system = meta.get("system")
-    return prompts.qwen2_5_omni(meta["question"], n_audio, prompts.OMNI_SYSTEM if system is None else system)
+    system = meta.get("system")  # None in reference.json files written before the system prompt was stored
+    return prompts.qwen2_5_omni(meta["question"], n_audio, prompts.OMNI_VOICE_SYSTEM if system is None else system)
 
 
 def prompt_width(tokenizer, meta: Mapping[str, Any], frames: int) -> int:

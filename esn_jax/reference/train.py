@@ -39,6 +39,7 @@ import esn_jax
 import ports
 from esn_jax import reference
 from esn_jax.data import BUILDERS, pipeline
+from ports import prompts
 from ports.audio import AudioEncoderConfig
 from ports.checkpoint import atomic_directory
 from ports.config import DecoderConfig
@@ -168,10 +169,11 @@ def train(cfg: ml_collections.ConfigDict, data_dir: str | None = None, log: Call
     BUILDERS[name](data_dir=data_dir, config=variant).download_and_prepare(download_config=tfds.download.DownloadConfig(
         compute_stats=tfds.download.ComputeStatsMode.SKIP))  # a no-op once built
     start = time.perf_counter()
-    tokenizer = build_tokenizer(cfg.question, tuple(cfg.labels), cfg.system)
+    system = cfg.system or prompts.OMNI_VOICE_SYSTEM  # the toy is trained with it (written out for the study)
+    tokenizer = build_tokenizer(cfg.question, tuple(cfg.labels), system)
     label_token_ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in cfg.labels]
     meta = {"labels": list(cfg.labels), "label_token_ids": label_token_ids, "question": cfg.question,
-            "system": cfg.system, "dataset": cfg.dataset}
+            "system": system, "dataset": cfg.dataset}
     config = model_config(cfg, tokenizer)
     module = Qwen2_5OmniThinker(config)
     key = jax.random.key(cfg.seed)

@@ -82,10 +82,13 @@ def load_model(cfg, mesh=None) -> Model:
     if any(not ids for ids in token_ids):
         raise ValueError(f"a label word encodes to no tokens: {dict(zip(labels, token_ids, strict=True))}")
     system = cfg.system or ref.get("system") or None
+    system = prompts.SYSTEM_PRESETS.get(system, system)
     encoder = getattr(module.config, "audio", None) or getattr(module.config, "whisper", None)
     n_mels = encoder.num_mel_bins if encoder is not None else 128
     speech = None
     if stored == "kimi_audio":
+        if system:
+            raise ValueError(f"system={system!r}: Kimi-Audio's prompt layout has no system message; leave it empty")
         # The tokenizer is the source of truth for the blank the model feeds under a text answer.
         blank = prompts.kimi_audio_tokens(tokenizer)["<|im_kimia_text_blank|>"]
         module = module.clone(config=dataclasses.replace(module.config, text_blank_id=blank))

@@ -69,7 +69,7 @@ def test_tiny_output_directory(tiny_run, tmp_path):
     assert saved["labels"] == list(FOUR)
     assert saved["label_token_ids"] == [tok(w, add_special_tokens=False)["input_ids"] for w in FOUR]
     assert all(len(ids) == 1 for ids in saved["label_token_ids"])
-    assert isinstance(saved["question"], str) and saved["system"] is None
+    assert isinstance(saved["question"], str) and saved["system"] == prompts.OMNI_VOICE_SYSTEM
     assert saved["dataset"] == "synthetic_prosody/tiny" and 0.0 <= saved["test_accuracy"] <= 1.0
     assert prompts.load_tokenizer(out).get_vocab() == tokenizer.get_vocab()
     with pytest.raises(FileExistsError):

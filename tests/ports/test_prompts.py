@@ -57,11 +57,13 @@ def design_count(samples):
 
 
 def test_default_system_prompts_and_layout():
-    omni = prompts.qwen2_5_omni("Hi", 2)
-    assert omni == ("<|im_start|>system\nYou are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, "
-                    "capable of perceiving auditory and visual inputs, as well as generating text and speech."
-                    "<|im_end|>\n<|im_start|>user\n<|audio_bos|><|AUDIO|><|AUDIO|><|audio_eos|>Hi<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    omni = prompts.qwen2_5_omni("Hi", 2)  # the chat template's default system prompt
+    assert omni == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    "<|audio_bos|><|AUDIO|><|AUDIO|><|audio_eos|>Hi<|im_end|>\n<|im_start|>assistant\n")
+    voice = prompts.qwen2_5_omni("Hi", 1, prompts.SYSTEM_PRESETS["omni_voice"])  # the model card's, for speech out
+    assert voice.startswith("<|im_start|>system\nYou are Qwen, a virtual human developed by the Qwen Team, Alibaba "
+                            "Group, capable of perceiving auditory and visual inputs, as well as generating text and "
+                            "speech.<|im_end|>\n")
     assert prompts.audio_flamingo3("Hi", 2) == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                                                 "<|im_start|>user\n<sound><sound>Hi<|im_end|>\n<|im_start|>assistant\n")
     with pytest.raises(ValueError, match="n_audio=0"):
