@@ -20,7 +20,13 @@ from scipy import signal
 from ports.features import SAMPLE_RATE, SILENCE_PEAK
 
 _SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg")
-_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"  # how a Git LFS pointer file begins
+
+
+def is_lfs_pointer(path: epath.PathLike) -> bool:
+    """Whether the file is a Git LFS pointer (a text stub standing in for content not fetched)."""
+    with epath.Path(path).open("rb") as f:
+        return f.read(len(LFS_POINTER)) == LFS_POINTER
 
 
 class BadAudio(ValueError):
@@ -71,11 +77,10 @@ def decode(path: epath.PathLike) -> tuple[np.ndarray, list[str]]:
     try:
         if path.stat().length == 0:
             raise BadAudio("empty", "0-byte file")
+        if is_lfs_pointer(path):
+            raise BadAudio("lfs_pointer", "a Git LFS pointer file, not audio: fetch the audio with `git lfs pull` in a "
+                                          "clone of the repository")
         with path.open("rb") as f:
-            if f.read(len(_LFS_POINTER)) == _LFS_POINTER:
-                raise BadAudio("lfs_pointer", "a Git LFS pointer file, not audio: fetch the audio with `git lfs pull` "
-                                              "in a clone of the repository")
-            f.seek(0)
             if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
                 try:
                     data, rate = _decode_soundfile(f)

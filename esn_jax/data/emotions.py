@@ -8,13 +8,17 @@ builder stores three label views of an utterance:
 * ``emotion4``: its index in :data:`FOUR` (neutral, happy, sad, angry: the usual 4-class subset), or -1.
 
 The first four entries of :data:`EMOTIONS` are :data:`FOUR`, so ``emotion4 == emotion`` wherever it is not -1.
+New classes are appended, never inserted, so that an existing class keeps its index: ``boredom`` (EmoDB's
+Langeweile, which no other corpus has) is the last entry, its own class in the full view and absent (-1)
+from the four-class view.
 Labels a corpus marks as "no agreement" or "other" are excluded (counted in the build summary, never
 guessed); a label that is in neither table is reported as unknown.
 """
 
 from __future__ import annotations
 
-EMOTIONS = ("neutral", "happy", "sad", "angry", "surprise", "fear", "disgust", "contempt", "calm", "frustrated")
+EMOTIONS = ("neutral", "happy", "sad", "angry", "surprise", "fear", "disgust", "contempt", "calm", "frustrated",
+            "boredom")
 FOUR = EMOTIONS[:4]
 
 # corpus -> {released label: unified emotion}. Merges are deliberate and documented here only:
@@ -31,6 +35,9 @@ MAPPINGS: dict[str, dict[str, str]] = {
     "ravdess": {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fear",
                 "07": "disgust", "08": "surprise"},
     "esd": {"Neutral": "neutral", "Happy": "happy", "Sad": "sad", "Angry": "angry", "Surprise": "surprise"},
+    # EmoDB's German initials from the file name: W Wut/Ärger, F Freude, T Trauer, N neutral, A Angst, E Ekel,
+    # L Langeweile (boredom: its own class, see the module docstring).
+    "emodb": {"W": "angry", "F": "happy", "T": "sad", "N": "neutral", "A": "fear", "E": "disgust", "L": "boredom"},
     "synthetic_prosody": {e: e for e in FOUR},
 }
 

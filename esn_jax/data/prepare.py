@@ -33,4 +33,8 @@ def summary(builder, show: int = 20) -> str:
     lines += [f"    {s['split']} {s['file']}: {s['reason']} ({s['detail']})" for s in skipped["files"][:show]]
     if "fixed" in meta:
         lines.append(f"  fixed: {meta['fixed']}")
+    if "cross_check" in meta:  # ESD: the folder's label against the speaker's transcript
+        check = meta["cross_check"]
+        lines.append(f"  labels cross-checked: {check['agree']} agree, {check['disagree']} disagree, "
+                     f"{check['no_txt_line']} without a transcript line")
     return "\n".join(lines)

@@ -39,12 +39,14 @@ def wav(path: Path, rate: int = 16000, channels: int = 1, kind: str = "good") ->
         raise ValueError(kind)
 
 
-def mp4(path: Path, rate: int = 44100) -> None:
-    """An AAC stereo audio track in an mp4 container (as MELD's clips carry), SECONDS long."""
+def mp4(path: Path, rate: int = 44100, channels: int = 2) -> None:
+    """An AAC audio track in an mp4 container (as MELD's clips carry), SECONDS long: stereo by default,
+    6 channels as 5.1 (as some of MELD's 48 kHz clips carry)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    layout = {1: "mono", 2: "stereo", 6: "5.1"}[channels]
     with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=rate, layout="stereo")
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone(rate, 2).T), format="fltp", layout="stereo")
+        stream = container.add_stream("aac", rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone(rate, channels).T), format="fltp", layout=layout)
         frame.rate = rate
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
@@ -112,7 +114,10 @@ def iemocap(root: Path):
                                   ("M001", None, {}), ("F002", "sad", None)])
     session(2, "Ses02M_script01_1", [("F000", "ang", {"channels": 2}), ("M000", "hap", {"kind": "nan"}),
                                      ("M001", "fru", {})])
-    expected = {"Ses01F_impro01_F000": ("session1", "neu", "Ses01F"),
+    for n in (3, 4, 5):  # the builder requires all five sessions: one utterance each
+        session(n, f"Ses0{n}F_impro01", [("F000", "neu", {})])
+    expected = {**{f"Ses0{n}F_impro01_F000": (f"session{n}", "neu", f"Ses0{n}F") for n in (3, 4, 5)},
+                "Ses01F_impro01_F000": ("session1", "neu", "Ses01F"),
                 "Ses01F_impro01_M000": ("session1", "exc", "Ses01M"),
                 "Ses02M_script01_1_F000": ("session2", "ang", "Ses02F"),
                 "Ses02M_script01_1_M001": ("session2", "fru", "Ses02M")}

@@ -109,7 +109,7 @@ class EsdTest(_CorpusChecks, tfds.testing.DatasetBuilderTestCase):
 class IemocapTest(_CorpusChecks, tfds.testing.DatasetBuilderTestCase):
     DATASET_CLASS = Iemocap
     WRITE = staticmethod(trees.iemocap)
-    SPLITS = {"session1": 2, "session2": 2}
+    SPLITS = {"session1": 2, "session2": 2, "session3": 1, "session4": 1, "session5": 1}
 
 
 class MeldTest(_CorpusChecks, tfds.testing.DatasetBuilderTestCase):
