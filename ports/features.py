@@ -101,9 +101,9 @@ def kimi_audio(clips: Sequence[np.ndarray], n_mels: int = 128, max_segments: int
     per_segment = -(-mask.sum(1) // (CODE_SAMPLES // HOP))  # ceil(frames / 8) = ceil(samples / 1280)
     tokens = np.add.reduceat(per_segment, np.r_[0, np.cumsum(per_clip)[:-1]])
     size, frames = WINDOW_SECONDS * SAMPLE_RATE, WINDOW_SECONDS * SAMPLE_RATE // HOP
-    tok_feats, tok_mask = [], []
+    tok_feats, tok_mask, extract = [], [], extractor(n_mels)
     for clip in map(np.asarray, clips):  # checked by _windows
-        out = extractor(n_mels)([clip[s:s + size] for s in range(0, clip.size, size)], sampling_rate=SAMPLE_RATE,
+        out = extract([clip[s:s + size] for s in range(0, clip.size, size)], sampling_rate=SAMPLE_RATE,
                                 padding="longest", pad_to_multiple_of=CODE_SAMPLES, return_attention_mask=True,
                                 return_tensors="np")
         pad = frames - out["input_features"].shape[-1]

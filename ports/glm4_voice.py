@@ -53,11 +53,9 @@ from ports.audio import (
     is_concrete,
 )
 from ports.config import Config, UnsupportedConfigError
+from ports.features import HOP, SAMPLE_RATE, WINDOW_SECONDS
 from ports.rules import Rule
 
-SAMPLE_RATE = 16000
-HOP = 160  # the feature extractor's hop: one mel frame per 160 samples
-SEGMENT_SECONDS = 30  # extract_speech_token cuts every clip into 30-s segments
 CONV_STRIDE = 2  # conv1 stride 1 x conv2 stride 2
 
 
@@ -87,7 +85,7 @@ class GLM4VoiceTokenizerConfig(Config):
         """Codes of a clip of ``n_samples`` 16-kHz samples (int or int array): ceil(L / samples_per_code) for
         each 30-s segment of L samples, summed over the clip's segments (extract_speech_token's count)."""
         n = np.asarray(n_samples, np.int64)
-        segment = SEGMENT_SECONDS * SAMPLE_RATE
+        segment = WINDOW_SECONDS * SAMPLE_RATE  # extract_speech_token cuts clips into 30-s segments
         per_full = -(-segment // self.samples_per_code)
         out = (n // segment) * per_full + -(-(n % segment) // self.samples_per_code)
         return int(out) if out.ndim == 0 else out
