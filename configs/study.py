@@ -25,6 +25,14 @@ import ml_collections
 REFERENCE_DIR = str(Path(__file__).resolve().parent.parent / "esn_jax" / "reference" / "mini_lalm")
 SELECTORS = ("lap", "lape", "mad", "cas", "grad")  # the paper's four + gradient attribution
 MODELS = ("qwen2_5_omni", "audio_flamingo3", "kimi_audio")
+# Prompt variants (``prompts=``): each a question wording and an order of the label words, asked in the model's own
+# chat layout. "asked" is the config's ``question`` (default: the checkpoint's reference.json, the wording the
+# mini-LALM's projector was trained with); the others are templates filled with the label words, reordered.
+PROMPTS = {
+    "asked": None,
+    "which": ("Which emotion does this voice convey: {labels}? Reply with a single word.", "reversed"),
+    "listen": ("Listen to the speaker and name the emotion you hear, choosing one of {labels}.", "rotated"),
+}
 
 
 def defaults(local: bool = False, full: bool = False) -> dict:
@@ -70,7 +78,11 @@ def defaults(local: bool = False, full: bool = False) -> dict:
         ks="0.01+0.05" if local else ("0.005+0.01+0.02" if full else "0.01"),
         main_k=1 if local or full else 0,  # index into ks of the k for steering, agnostic injection, layers, transfer
         alphas="1+4" if local else ("1+2+4+8" if full else "2+8"),
-        random_seeds="0+1+2" if full else "0",  # one matched random control per seed and mask
+        random_seeds="0+1+2",  # one matched random control per seed and mask
+        # prompt variants (PROMPTS): statistics pool over them, every intervention is measured under each; the
+        # lean default asks one (each more prompt costs about as much again as the intervention stages, see README)
+        prompts="asked+which" if local else ("asked+which+listen" if full else "asked"),
+        resamples=50 if full else 20,  # stratified resamples of the evaluation items in the stability grid
         bootstrap=50 if local else (1000 if full else 500),
         permutations=200 if local else (5000 if full else 2000),
         variant_chunk=16,  # interventions scored per compiled call
@@ -78,7 +90,8 @@ def defaults(local: bool = False, full: bool = False) -> dict:
     )
 
 
-_LISTS = {"selectors": str, "ks": float, "alphas": float, "random_seeds": int, "buckets": float, "labels": str}
+_LISTS = {"selectors": str, "ks": float, "alphas": float, "random_seeds": int, "buckets": float, "labels": str,
+          "prompts": str}
 
 
 def parse_list(key: str, value: str) -> tuple:
@@ -123,6 +136,10 @@ def validate(cfg) -> None:
     bad = sorted(set(parse_list("selectors", cfg.selectors)) - set(SELECTORS))
     if bad or not parse_list("selectors", cfg.selectors):
         problems.append(f"selectors {bad or '(none)'} (choose from {SELECTORS})")
+    prompts = parse_list("prompts", cfg.prompts)
+    bad = sorted(set(prompts) - set(PROMPTS))
+    if bad or not prompts or len(set(prompts)) != len(prompts):
+        problems.append(f"prompts={cfg.prompts!r}: name each of {sorted(PROMPTS)} at most once (unknown: {bad})")
     for key in ("ks", "alphas", "random_seeds", "buckets"):
         try:
             if not parse_list(key, getattr(cfg, key)):
@@ -132,11 +149,14 @@ def validate(cfg) -> None:
     if not problems:
         if not 0 <= cfg.main_k < len(parse_list("ks", cfg.ks)):
             problems.append(f"main_k={cfg.main_k} is not an index into ks={cfg.ks}")
+        seeds = parse_list("random_seeds", cfg.random_seeds)
+        if len(set(seeds)) != len(seeds):
+            problems.append(f"random_seeds={cfg.random_seeds}: name each seed once")
         if any(a < -1 for a in parse_list("alphas", cfg.alphas)):
             problems.append(f"alphas={cfg.alphas}: a gain 1 + alpha must be >= 0")
     if cfg.view not in ("four", "full"):
         problems.append(f"view={cfg.view!r} (four or full)")
-    for key in ("batch_size", "bootstrap", "permutations", "variant_chunk"):
+    for key in ("batch_size", "bootstrap", "permutations", "variant_chunk", "resamples"):
         if getattr(cfg, key) < 1:
             problems.append(f"{key}={getattr(cfg, key)} must be >= 1")
     if problems:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ports
-from configs.study import parse_list
+from configs.study import PROMPTS, parse_list
 from esn_jax.data import BUILDERS, EMOTIONS, FOUR, pipeline
 from esn_jax.data.prepare import prepare
 from esn_jax.reference import mini_lalm
@@ -48,6 +48,25 @@ class Model:
 
 def default_question(labels: Sequence[str]) -> str:
     return f"What emotion does the speaker express? Answer with one word: {', '.join(labels)}."
+
+
+def _word_list(words: Sequence[str]) -> str:
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
+
+
+def questions(model: Model, names: Sequence[str]) -> tuple[str, ...]:
+    """The question of each prompt variant in ``names`` (:data:`configs.study.PROMPTS`): ``asked`` is the
+    model's own question; the others list the label words in their variant's order (reversed, or rotated by two)."""
+    out = []
+    for name in names:
+        if PROMPTS[name] is None:
+            out.append(model.question)
+            continue
+        template, order = PROMPTS[name]
+        words = list(model.labels)
+        words = words[::-1] if order == "reversed" else words[2:] + words[:2]
+        out.append(template.format(labels=_word_list(words)))
+    return tuple(out)
 
 
 def load_model(cfg, mesh=None) -> Model:

@@ -7,19 +7,17 @@ Shapes: N eval items, E emotions, S selectors, K ks, R random seeds, A alphas, L
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy import stats as scipy_stats
 
 from esn_jax import metrics
 
-ALPHA_LEVEL = 0.05
-# Steering must move at least this share of predictions more than its random control to count: a CI just
-# above 0 on a one-point shift is not the paper's "pushes predictions toward e".
-MIN_STEERING_GAP = 0.05
 # Beyond this share of the plain-text prompts' tokens being the tokenizer's unknown token, the collateral loss
 # scores that one token rather than language, and no verdict is drawn from it.
 MAX_UNKNOWN_SHARE = 0.1
+STRATEGIES = ("targeted", "union", "mix", "two_pass")  # agnostic injection, as reported
 
 
 def num(x) -> float | None:
@@ -50,14 +48,56 @@ def mean_specificity(labels, clean, masked, e: int) -> float:
     return float(np.nanmean(metrics.specificity(delta)["specificity"]))
 
 
+def _quiet_nanmean(x, axis):
+    with warnings.catch_warnings():  # an all-NaN slice is NaN, as the scalar metrics give
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis)
+
+
+def _ci(samples) -> list:
+    """The 95 % percentile interval of bootstrap samples [B] (None where undefined)."""
+    tail = (1 - 0.95) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return [num(q) for q in np.nanquantile(np.asarray(samples, np.float64), [tail, 1 - tail])]
+
+
+def resamples(n: int, cfg) -> np.ndarray:
+    """[bootstrap, n] item indices drawn with replacement (the draws of :func:`esn_jax.metrics.bootstrap_ci`)."""
+    return np.random.default_rng(cfg.seed).integers(0, n, (cfg.bootstrap, n))
+
+
+def recall_samples(labels, preds, e: int) -> np.ndarray:
+    """labels [B, N], preds [..., B, N] -> recall [..., B, C] of every resample (NaN for a class without items)."""
+    onehot = labels[..., None] == np.arange(e)  # [B, N, C]
+    hits = ((preds == labels)[..., None] & onehot).sum(-2)
+    support = onehot.sum(-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, hits / support, np.nan)
+
+
+def specificity_samples(labels, clean, masked, e: int, idx) -> dict[str, np.ndarray]:
+    """Mean self, cross and self − cross over emotions [B] for every resample idx [B, N]; masked [E, N] (row m =
+    emotion m's mask ablated), as :func:`esn_jax.metrics.specificity` defines them."""
+    lab = labels[idx]
+    delta = recall_samples(lab, masked[:, idx], e) - recall_samples(lab, clean[idx], e)  # [E, B, C]
+    delta = np.moveaxis(delta, 0, 1)  # [B, E(mask), C(label)]
+    self_ = np.diagonal(delta, axis1=1, axis2=2)
+    cross = _quiet_nanmean(np.where(np.eye(e, dtype=bool), np.nan, delta), -1)
+    return {"self": _quiet_nanmean(self_, -1), "cross": _quiet_nanmean(cross, -1),
+            "specificity": _quiet_nanmean(self_ - cross, -1)}
+
+
 def deactivation(labels, clean, preds, e: int, cfg) -> dict:
-    """preds [1 + R, E, N] for one selector and k: the ESN masks (0) and their random controls."""
+    """preds [1 + R, E, N] for one selector and k: the ESN masks (0) and their random controls. The CIs are
+    percentile bootstraps over the items; the random controls are reported per seed (their spread) and averaged."""
     esn_delta = metrics.deactivation_matrix(labels, clean, preds[0], e)
     spec = metrics.specificity(esn_delta)
     random_deltas = [metrics.deactivation_matrix(labels, clean, p, e) for p in preds[1:]]
-    random_spec = [float(np.nanmean(metrics.specificity(d)["specificity"])) for d in random_deltas]
-    point, low, high = metrics.bootstrap_ci(lambda lab, c, m: mean_specificity(lab, c, m, e), labels, clean,
-                                            preds[0].T, num_samples=cfg.bootstrap, seed=cfg.seed)
+    random_parts = [metrics.specificity(d) for d in random_deltas]
+    boot = specificity_samples(labels, clean, preds[0], e, resamples(len(labels), cfg))
+    point = float(np.nanmean(spec["specificity"]))
+    random_spec = [float(np.nanmean(p["specificity"])) for p in random_parts]
     # Per item: correct under its own label's mask, ESN vs the mean over random controls.
     own = np.arange(len(labels))
     esn_correct = preds[0][labels, own] == labels
@@ -66,36 +106,55 @@ def deactivation(labels, clean, preds, e: int, cfg) -> dict:
     return {
         "delta": _list(esn_delta), "self": _list(spec["self"]), "cross": _list(spec["cross"]),
         "specificity": _list(spec["specificity"]), "mean_self": num(np.nanmean(spec["self"])),
-        "mean_cross": num(np.nanmean(spec["cross"])), "mean_specificity": num(point), "ci": [num(low), num(high)],
+        "mean_cross": num(np.nanmean(spec["cross"])), "mean_specificity": num(point), "ci": _ci(boot["specificity"]),
+        "ci_self": _ci(boot["self"]), "ci_cross": _ci(boot["cross"]),
         "random": {"delta": _list(np.mean(random_deltas, axis=0)), "mean_self": num(np.nanmean(rnd_spec["self"])),
                    "mean_cross": num(np.nanmean(rnd_spec["cross"])), "specificity_per_seed": _list(random_spec),
+                   "self_per_seed": [num(np.nanmean(p["self"])) for p in random_parts],
+                   "cross_per_seed": [num(np.nanmean(p["cross"])) for p in random_parts],
                    "mean_specificity": num(np.mean(random_spec))},
         "p_empirical": num(metrics.empirical_p(point, random_spec, "less")),
         "p_permutation": num(metrics.paired_permutation_test(esn_correct, random_correct, cfg.permutations, cfg.seed)),
     }
 
 
-def steering(labels, clean, preds, alphas, cfg) -> dict:
-    """preds [2, A, E, N] (ESN, random) -> steering rates per emotion and α, α = 0 being the clean model."""
-    e = preds.shape[2]
+def steering_samples(labels, preds, e: int) -> np.ndarray:
+    """labels [B, N], preds [..., E, B, N] (row t = target t's mask) -> steering rate toward each target
+    [..., E, B]: the share of items labelled otherwise that are predicted as t."""
+    target = np.arange(e)[:, None, None]
+    other = labels != target  # [E, B, N]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((preds == target) & other).sum(-1) / other.sum(-1)
+
+
+def steering(labels, clean, esn, rnd, alphas, cfg) -> dict:
+    """esn [A, E, N] (gain α on each emotion's ESNs), rnd [R, E, N] (each random control at the largest α) ->
+    steering rates per emotion and α (α = 0 is the clean model), their bootstrap CIs, and the gap ESN − random at
+    the largest α against each random control with its CI."""
+    e = esn.shape[1]
     grid = [0.0, *alphas]
+    idx = np.concatenate([np.arange(len(labels))[None], resamples(len(labels), cfg)])  # row 0: the items as drawn
+    lab = labels[idx]
+    clean_rates = steering_samples(lab, np.broadcast_to(clean[idx], (e, *idx.shape)), e)  # [E, 1 + B]
+    rates = np.concatenate([clean_rates[None], steering_samples(lab, esn[..., idx], e)])  # [1 + A, E, 1 + B]
+    random_rates = steering_samples(lab, rnd[..., idx], e)  # [R, E, 1 + B]
+    mean_esn = _quiet_nanmean(rates, 1)  # [1 + A, 1 + B]
+    gaps = _quiet_nanmean(rates[-1][None] - random_rates, 1)  # [R, 1 + B]
+    rho = (scipy_stats.spearmanr(grid, mean_esn[:, 0]).statistic if np.ptp(mean_esn[:, 0]) > 0
+           else float("nan"))
+    return {"alphas": grid, "esn": _list(rates[..., 0].T), "mean_esn": _list(mean_esn[:, 0]),
+            "esn_ci": [_ci(m[1:]) for m in mean_esn], "random_at_max_alpha": _list(random_rates[..., 0]),
+            "mean_random_per_seed": _list(_quiet_nanmean(random_rates[..., 0], 1)),
+            "mean_random": num(np.nanmean(random_rates[..., 0])), "spearman": num(rho),
+            "gap_per_seed": _list(gaps[:, 0]), "gap_ci_per_seed": [_ci(g[1:]) for g in gaps]}
 
-    def curves(p):  # [E, 1 + A]
-        return np.array([[metrics.steering_rate(labels, clean, t)]
-                         + [metrics.steering_rate(labels, p[a, t], t) for a in range(len(alphas))] for t in range(e)])
 
-    esn, rnd = curves(preds[0]), curves(preds[1])
-    mean_esn, mean_rnd = np.nanmean(esn, 0), np.nanmean(rnd, 0)
-    rho = scipy_stats.spearmanr(grid, mean_esn).statistic if np.ptp(mean_esn) > 0 else float("nan")
-
-    def gap(lab, pe, pr):  # mean over targets of the ESN − random steering rate at the largest α
-        return float(np.nanmean([metrics.steering_rate(lab, pe[:, t], t) - metrics.steering_rate(lab, pr[:, t], t)
-                                 for t in range(e)]))
-    point, low, high = metrics.bootstrap_ci(gap, labels, preds[0, -1].T, preds[1, -1].T, num_samples=cfg.bootstrap,
-                                            seed=cfg.seed)
-    return {"alphas": grid, "esn": _list(esn), "random": _list(rnd), "mean_esn": _list(mean_esn),
-            "mean_random": _list(mean_rnd), "spearman": num(rho), "gap_at_max_alpha": num(point),
-            "gap_ci": [num(low), num(high)]}
+def agnostic_preds(labels, clean, steer, union_mix) -> np.ndarray:
+    """[4, A, N] predictions of targeted, Union, Mix and 2-Pass injection (:data:`stages.STRATEGIES`) for one
+    selector: steer [A, E, N] (each emotion's mask at each α: targeted picks the item's label's row, 2-Pass its
+    clean prediction's), union_mix [2, A, N]."""
+    items = np.arange(len(labels))
+    return np.stack([steer[:, labels, items], union_mix[0], union_mix[1], steer[:, clean, items]])
 
 
 def agnostic(labels, clean, preds, alphas, e: int, strategies) -> dict:
@@ -128,102 +187,65 @@ def layer_summary(hist) -> dict:
             "top_share": num(hist[order].sum() / total) if total else None, "uniform_share": top / len(hist)}
 
 
-def _fmt(x, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
+def interventions(labels, clean, deact, steer, steer_random, union_mix, names, alphas, e: int, cfg) -> dict:
+    """Every intervention summary of one prompt's predictions at one k, per selector: clean [N], deact
+    [S, 1 + R, E, N], steer [S, A, E, N], steer_random [S, R, E, N], union_mix [S, 2, A, N]."""
+    return {"clean": classification(labels, clean, e),
+            "deactivation": {m: deactivation(labels, clean, deact[s], e, cfg) for s, m in enumerate(names)},
+            "steering": {m: steering(labels, clean, steer[s], steer_random[s], alphas, cfg)
+                         for s, m in enumerate(names)},
+            "agnostic": {m: agnostic(labels, clean, agnostic_preds(labels, clean, steer[s], union_mix[s]), alphas, e,
+                                     STRATEGIES) for s, m in enumerate(names)}}
 
 
-def verdict(ok: bool | None) -> str:
-    return "not tested" if ok is None else ("holds" if ok else "does not hold")
+def transfer(labels, clean, preds, masks_a, masks_b, names, e: int) -> dict:
+    """Masks selected on one source, ablated where another was selected (another dataset, or another prompt):
+    preds [S, 2, E, N] (the transferred masks, then the target's own), masks_a / masks_b [S, E, L, I]."""
+    out = {}
+    for s, m in enumerate(names):
+        own = mean_specificity(labels, clean, preds[s, 1].T, e)
+        moved = mean_specificity(labels, clean, preds[s, 0].T, e)
+        overlap = nanmean([metrics.jaccard(masks_a[s, t], masks_b[s, t]) for t in range(e)])
+        out[m] = {"specificity_transferred": num(moved), "specificity_own": num(own),
+                  "ratio": num(moved / own) if own < 0 else None, "jaccard": num(overlap)}
+    return out
 
 
-def _lt(a, b) -> bool:
+def transfer_result(dataset: str, labels, clean, preds, masks_a, masks_b, names, e: int) -> dict:
+    """:func:`transfer` to another dataset, with its clean evaluation and the selector whose own masks are the most
+    specific there (finding 6b reads its ratio)."""
+    out = {"dataset": dataset, "eval_items": int(len(labels)), "clean": classification(labels, clean, e),
+           "selectors": transfer(labels, clean, preds, masks_a, masks_b, names, e)}
+    out["best"] = min(out["selectors"], key=lambda m: out["selectors"][m]["specificity_own"] or 0.0)
+    return out
+
+
+def prompt_transfer(labels, clean, preds, prompt_masks, names, prompts, e: int) -> dict:
+    """Neurons selected under one prompt, ablated under another: clean [P, N], preds [P (under), P (selected on),
+    S, E, N], prompt_masks [P, S, E, L, I]. Every ordered pair of prompts, and per selector the means over pairs."""
+    pairs = []
+    for q, under in enumerate(prompts):
+        for p, source in enumerate(prompts):
+            if p != q:
+                both = np.stack([preds[q, p], preds[q, q]], 1)  # [S, 2, E, N]
+                moved = transfer(labels, clean[q], both, prompt_masks[p], prompt_masks[q], names, e)
+                pairs.append({"selected_on": source, "under": under, "selectors": moved})
+    summary = {m: {key: num(nanmean([np.nan if pr["selectors"][m][key] is None else pr["selectors"][m][key]
+                                     for pr in pairs]))
+                   for key in ("specificity_own", "specificity_transferred", "ratio", "jaccard")} for m in names}
+    return {"pairs": pairs, "selectors": summary}
+
+
+def less(a, b) -> bool:
+    """a < b, both defined."""
     return a is not None and b is not None and a < b
 
 
 def emotion_specific(d: dict) -> bool:
     """Finding 1's rule on one :func:`deactivation` result: the 95% CI of the mean self − cross is below 0 and
     the mean is below every random control's."""
-    return d["ci"][1] is not None and d["ci"][1] < 0 and _lt(d["mean_specificity"],
+    return d["ci"][1] is not None and d["ci"][1] < 0 and less(d["mean_specificity"],
                                                               min(d["random"]["specificity_per_seed"]))
-
-
-def findings(r: dict, main_k: str) -> list[dict]:
-    """One entry per DESIGN §1 claim: verdict and the figures behind it."""
-    sel = r["selectors"]
-    deact = {s: sel[s]["k"][main_k]["deactivation"] for s in sel}
-    specific = {s: emotion_specific(d) for s, d in deact.items()}
-    best = min(deact, key=lambda s: deact[s]["mean_specificity"] if deact[s]["mean_specificity"] is not None
-               else math.inf)
-    d = deact[best]
-    out = []
-
-    def add(fid, claim, ok, evidence, figures):
-        out.append({"id": fid, "claim": claim, "verdict": verdict(ok), "evidence": evidence, "figures": figures})
-
-    add("1", "Emotion-sensitive neurons exist", any(specific.values()),
-        f"selectors whose ablation is emotion-specific beyond every random control (k={main_k}, 95% CI of mean "
-        f"self − cross below 0): {[s for s, v in specific.items() if v] or 'none'}",
-        ["deactivation_bars.png"])
-    paper = [s for s in ("lap", "lape", "mad", "cas") if s in deact]
-    ranking = sorted(deact, key=lambda s: deact[s]["mean_specificity"] if deact[s]["mean_specificity"] is not None
-                     else math.inf)
-    add("2", "The four selectors (LAP, LAPE, MAD, CAS) each find emotion-specific neurons",
-        all(specific[s] for s in paper) if paper else None,
-        "mean specificity by selector (most specific first): "
-        + ", ".join(f"{s} {deact[s]['mean_specificity']:+.3f}" for s in ranking if deact[s]["mean_specificity"]
-                    is not None), ["deactivation_bars.png"] + [f"deactivation_{s}.png" for s in sel])
-    add("3", "Self-deactivation hurts the target emotion more than others, beyond random controls",
-        bool(d["ci"][1] is not None and d["ci"][1] < 0 and _lt(d["mean_self"], d["random"]["mean_self"])
-             and d["p_permutation"] is not None and d["p_permutation"] < ALPHA_LEVEL),
-        f"best selector {best}: mean self Δ {_fmt(d['mean_self'], '+.3f')} vs cross {_fmt(d['mean_cross'], '+.3f')} "
-        f"(random controls: self {_fmt(d['random']['mean_self'], '+.3f')}, cross "
-        f"{_fmt(d['random']['mean_cross'], '+.3f')}); "
-        f"specificity {_fmt(d['mean_specificity'], '+.3f')}, 95% CI [{_fmt(d['ci'][0], '+.3f')}, "
-        f"{_fmt(d['ci'][1], '+.3f')}]; paired permutation p = {_fmt(d['p_permutation'], '.3g')} (ESN vs random on "
-        "each item's own emotion)",
-        [f"deactivation_{best}.png", "deactivation_bars.png"])
-    steer = r["steering"]
-    steers = {s: v["spearman"] is not None and v["spearman"] > 0 and v["gap_ci"][0] is not None
-              and v["gap_ci"][0] > 0 and v["gap_at_max_alpha"] >= MIN_STEERING_GAP for s, v in steer.items()}
-    rows = [f"{s}: rate {_fmt(v['mean_esn'][0], '.2f')} → {_fmt(v['mean_esn'][-1], '.2f')} at α {v['alphas'][-1]:g} "
-            f"(random {_fmt(v['mean_random'][-1], '.2f')}), Spearman ρ {_fmt(v['spearman'], '+.2f')}, gap CI "
-            f"[{_fmt(v['gap_ci'][0], '+.2f')}, {_fmt(v['gap_ci'][1], '+.2f')}]" for s, v in steer.items()]
-    add("4", "Gain on the selected neurons steers predictions toward the emotion, with a dose response",
-        any(steers.values()),
-        f"holds where Spearman ρ over α > 0 and ESN − random at max α ≥ {MIN_STEERING_GAP} with its CI above 0: "
-        f"{[s for s, v in steers.items() if v] or 'none'}. " + "; ".join(rows),
-        ["steering.png"])
-    agn = r["agnostic"]
-    strategies = ("targeted", "union", "mix", "two_pass")
-    best_gain = {s: {a: max((x for x in v[a]["delta_uar"] if x is not None), default=None) for a in strategies}
-                 for s, v in agn.items()}
-    weaker = {s: all(_lt(b[a], b["targeted"]) for a in strategies[1:]) for s, b in best_gain.items()}
-    add("5", "Label-free injection (Union, Mix, 2-Pass) is weaker than targeted injection",
-        sum(weaker.values()) > len(weaker) / 2,
-        "best ΔUAR over α, targeted vs Union / Mix / 2-Pass: " + "; ".join(
-            f"{s}: " + " vs ".join(_fmt(b[a], "+.3f") for a in strategies) for s, b in best_gain.items()),
-        ["agnostic.png"])
-    lay = r["layers"]["summary"]
-    # Clustered: the busiest quarter of the layers holds at least half of the neurons and 1.5× its uniform share
-    # (with 2 layers, one of them holding 51 % is no cluster).
-    need = max(0.5, 1.5 * lay["uniform_share"])
-    add("6a", "ESNs cluster in a few layer bands",
-        lay["top_share"] is not None and lay["top_share"] >= need,
-        f"the {len(lay['top_layers'])} busiest layers {lay['top_layers']} hold {lay['top_share'] or 0:.0%} of the "
-        f"selected neurons (uniform: {lay['uniform_share']:.0%}; clustered from {need:.0%}); paper: layers 0, 6–8, "
-        "19–22 of 28",
-        ["layers.png"])
-    tr = r.get("transfer")
-    if tr is None:
-        add("6b", "Cross-dataset transfer is partial", None,
-            "one dataset configured (set transfer_dataset=... to test it)", [])
-    else:
-        ratio = tr["selectors"][tr["best"]]["ratio"]
-        add("6b", "Cross-dataset transfer is partial", ratio is not None and 0 < ratio < 1,
-            f"{tr['dataset']}: specificity with masks selected on {r['data']['dataset']} / with its own masks = "
-            + "; ".join(f"{s} {_fmt(v['ratio'], '.2f')}"
-                        for s, v in tr["selectors"].items()), ["transfer.png"])
-    return out
 
 
 def collateral(r: dict, clean, masked, unknown_share: float) -> dict:

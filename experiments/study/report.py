@@ -15,16 +15,20 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.study import analysis, stages  # noqa: E402
+from experiments.study import analysis, stages, verdicts  # noqa: E402
 
 
 def _num(x, fmt="+.3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def _nan(x) -> float:
+    return np.nan if x is None else x
+
+
 def plots(workdir: Path, r: dict) -> None:
     """deactivation_<selector>.png, deactivation_bars.png, steering.png, agnostic.png, layers.png,
-    overlaps.png, and transfer.png when transfer was run."""
+    overlaps.png, transfer.png when transfer was run and prompt_transfer.png with several prompts."""
     labels, k = r["model"]["labels"], r["main_k"]
     sel = list(r["selectors"])
     for s in sel:
@@ -46,27 +50,34 @@ def plots(workdir: Path, r: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(sel)), 4))
     x = np.arange(len(sel))
-    for i, (name, key, sub) in enumerate((("ESN self", "mean_self", None), ("ESN cross", "mean_cross", None),
-                                          ("random self", "mean_self", "random"),
-                                          ("random cross", "mean_cross", "random"))):
-        vals = [(r["selectors"][s]["k"][k]["deactivation"][sub] if sub else
-                 r["selectors"][s]["k"][k]["deactivation"])[key] or 0.0 for s in sel]
-        ax.bar(x + (i - 1.5) * 0.2, vals, 0.2, label=name)
+    deact = [r["selectors"][s]["k"][k]["deactivation"] for s in sel]
+    for i, (name, key) in enumerate((("ESN self", "self"), ("ESN cross", "cross"))):
+        vals = np.array([_nan(d[f"mean_{key}"]) for d in deact])
+        ci = np.array([[_nan(c) for c in d[f"ci_{key}"]] for d in deact])  # bootstrap 95 % CI over items
+        ax.bar(x + (i - 1.5) * 0.2, vals, 0.2, label=name, yerr=[vals - ci[:, 0], ci[:, 1] - vals], capsize=3)
+    for i, (name, key) in enumerate((("random self", "self"), ("random cross", "cross")), start=2):
+        seeds = [np.array([_nan(v) for v in d["random"][f"{key}_per_seed"]]) for d in deact]  # spread over seeds
+        vals = np.array([np.mean(v) for v in seeds])
+        ax.bar(x + (i - 1.5) * 0.2, vals, 0.2, label=f"{name} (seeds: min–max)",
+               yerr=[vals - [v.min() for v in seeds], [v.max() for v in seeds] - vals], capsize=3)
     ax.axhline(0, color="k", lw=0.5)
-    ax.set(xticks=x, ylabel="mean Δ recall", title=f"self vs cross deactivation (k={k})")
+    ax.set(xticks=x, ylabel="mean Δ recall", title=f"self vs cross deactivation (k={k}; ESN bars: 95% CI)")
     ax.set_xticklabels(sel)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.savefig(workdir / "deactivation_bars.png", dpi=80, bbox_inches="tight")
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(sel), figsize=(3.2 * len(sel), 3.2), squeeze=False, sharey=True)
     for ax, s in zip(axes[0], sel, strict=True):
         v = r["steering"][s]
-        ax.plot(v["alphas"], [np.nan if y is None else y for y in v["mean_esn"]], "o-", label="ESN")
-        ax.plot(v["alphas"], [np.nan if y is None else y for y in v["mean_random"]], "s--", label="random")
+        ci = np.array([[_nan(c) for c in pair] for pair in v["esn_ci"]])
+        ax.plot(v["alphas"], [_nan(y) for y in v["mean_esn"]], "o-", label="ESN")
+        ax.fill_between(v["alphas"], ci[:, 0], ci[:, 1], alpha=0.25, label="ESN 95% CI")
+        seeds = [_nan(y) for y in v["mean_random_per_seed"]]
+        ax.plot([v["alphas"][-1]] * len(seeds), seeds, "s", mfc="none", color="C3", label="random controls")
         ax.set(title=s, xlabel="α", xticks=v["alphas"])
     axes[0, 0].set_ylabel("share predicted as the target")
-    axes[0, 0].legend()
+    axes[0, 0].legend(fontsize=7)
     fig.savefig(workdir / "steering.png", dpi=80, bbox_inches="tight")
     plt.close(fig)
 
@@ -99,15 +110,20 @@ def plots(workdir: Path, r: dict) -> None:
     fig.savefig(workdir / "overlaps.png", dpi=80, bbox_inches="tight")
     plt.close(fig)
 
-    if r["transfer"]:
-        t = r["transfer"]["selectors"]
+    for name, t, title in (("transfer.png", r["transfer"], "transfer to {}"),
+                           ("prompt_transfer.png", r.get("prompt_transfer"), "across prompts{}")):
+        if not t:
+            continue
         fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(sel)), 3.5))
-        ax.bar(x - 0.2, [t[s]["specificity_own"] or 0.0 for s in sel], 0.4, label="own masks")
-        ax.bar(x + 0.2, [t[s]["specificity_transferred"] or 0.0 for s in sel], 0.4, label="transferred masks")
-        ax.set(xticks=x, ylabel="mean specificity", title=f"transfer to {r['transfer']['dataset']}")
+        t = t["selectors"]
+        ax.bar(x - 0.2, [_nan(t[s]["specificity_own"]) for s in sel], 0.4, label="own masks")
+        ax.bar(x + 0.2, [_nan(t[s]["specificity_transferred"]) for s in sel], 0.4, label="transferred masks")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set(xticks=x, ylabel="mean specificity",
+               title=title.format(r["transfer"]["dataset"] if name == "transfer.png" else " (mean over pairs)"))
         ax.set_xticklabels(sel)
         ax.legend()
-        fig.savefig(workdir / "transfer.png", dpi=80, bbox_inches="tight")
+        fig.savefig(workdir / name, dpi=80, bbox_inches="tight")
         plt.close(fig)
 
 
@@ -116,9 +132,27 @@ def sizes(cfg: dict) -> str:
     variant = "full" if cfg.get("full") else "local" if cfg.get("local") else "default"
     return (f"Sizes ({variant} variant): selectors {cfg['selectors'].replace('+', ', ')}; "
             f"k {cfg['ks'].replace('+', ', ')} (fractions of all neurons); α {cfg['alphas'].replace('+', ', ')}; "
-            f"{len(cfg['random_seeds'].split('+'))} random control(s) per mask; at most {cfg['max_id_items']} "
-            f"identification and {cfg['max_eval_items']} evaluation items; {cfg['bootstrap']} bootstrap and "
-            f"{cfg['permutations']} permutation resamples.")
+            f"{len(cfg['random_seeds'].split('+'))} random control(s) per mask; "
+            f"prompts {cfg['prompts'].replace('+', ', ')}; "
+            f"at most {cfg['max_id_items']} identification and {cfg['max_eval_items']} evaluation items; "
+            f"{cfg['bootstrap']} bootstrap and {cfg['permutations']} permutation resamples; {cfg['resamples']} "
+            "resamples of the evaluation items in the stability grid.")
+
+
+def summary(r: dict) -> str:
+    """The one line that counts the verdicts, with the grid they come from."""
+    c, g = r["summary"]["verdicts"], r["summary"]["grid"]
+    line = (f"Summary: {c['holds']} hold, {c['fragile']} fragile, {c['does not hold']} do not hold, "
+            f"{c['not tested']} not tested (grid: {g['random_seeds']} random-control seeds × {g['prompts']} "
+            f"prompt(s) × {g['resamples']} resamples).")
+    if g["prompts"] == 1:
+        line += (" With one prompt the grid does not test whether the verdicts survive another wording: "
+                 "prompts=asked+which (or the :local and :full variants) adds that.")
+    return line
+
+
+def _stability(f: dict) -> str:
+    return "—" if f["holds_in"] is None else f"holds in {f['holds_in']} of {f['grid_size']}"
 
 
 def blocks(r: dict) -> list[tuple]:
@@ -134,8 +168,12 @@ def blocks(r: dict) -> list[tuple]:
                  f"`{r['data']['eval_split']}` ({r['data']['eval_items']} items). Main k = {k}."),
            ("p", sizes(r["config"])),
            ("h", 2, "Findings"),
-           ("table", ["#", "claim (DESIGN §1)", "verdict", "evidence"],
-            [[f["id"], f["claim"], f"**{f['verdict']}**", f["evidence"]] for f in r["findings"]]),
+           ("p", verdicts.RULE.format(resamples=r["summary"]["grid"]["resamples"], holds=verdicts.HOLDS_FROM,
+                                      fragile=verdicts.FRAGILE_FROM)),
+           ("p", summary(r)),
+           ("table", ["#", "claim (DESIGN §1)", "verdict", "stability", "point verdict", "evidence (point)"],
+            [[f["id"], f["claim"], f"**{f['verdict']}**", _stability(f), f["point_verdict"], f["evidence"]]
+             for f in r["findings"]]),
            ("h", 2, "Clean evaluation"),
            ("p", f"accuracy {c['accuracy']:.3f}, UAR {c['uar']:.3f}, macro-F1 {c['macro_f1']:.3f}."),
            ("table", ["label", "recall", *[f"→ {w}" for w in labels]],
@@ -145,21 +183,24 @@ def blocks(r: dict) -> list[tuple]:
                  "over the others, specificity = self − cross (negative = specific). Random = matched controls "
                  "(same count per layer), one per seed. CI: bootstrap over items; p_perm: paired permutation test "
                  "of ESN vs random correctness on each item's own emotion."),
-           ("table", ["selector", "k", "neurons/emotion", "self", "cross", "specificity [95% CI]", "random spec.",
-                      "p_emp", "p_perm"],
+           ("table", ["selector", "k", "neurons/emotion", "self", "cross", "specificity [95% CI]",
+                      "random spec. mean [min, max over seeds]", "p_emp", "p_perm"],
             [[s, kk, str(v["count_per_emotion"]), _num(d["mean_self"]), _num(d["mean_cross"]),
               f"{_num(d['mean_specificity'])} [{_num(d['ci'][0])}, {_num(d['ci'][1])}]",
-              _num(d["random"]["mean_specificity"]), _num(d["p_empirical"], ".3g"), _num(d["p_permutation"], ".3g")]
+              verdicts.spread(d["random"]["specificity_per_seed"], "+.3f"), _num(d["p_empirical"], ".3g"),
+              _num(d["p_permutation"], ".3g")]
              for s in r["selectors"] for kk, v in r["selectors"][s]["k"].items() for d in [v["deactivation"]]]),
            ("img", "deactivation_bars.png")]
     out += [("img", f"deactivation_{s}.png") for s in r["selectors"]]
     out += [("h", 2, "Steering (gain ×(1+α))"),
             ("p", "Share of items whose label is not e predicted as e, mean over e; α = 0 is the clean model."),
             ("table", ["selector", *[f"α={a:g}" for a in next(iter(r["steering"].values()))["alphas"]],
-                       "random at max α", "Spearman ρ", "ESN − random at max α [95% CI]"],
-             [[s, *[_num(y, ".3f") for y in v["mean_esn"]], _num(v["mean_random"][-1], ".3f"),
-               _num(v["spearman"], "+.2f"), f"{_num(v['gap_at_max_alpha'])} [{_num(v['gap_ci'][0])}, "
-                                             f"{_num(v['gap_ci'][1])}]"] for s, v in r["steering"].items()]),
+                       "random at max α, mean [min, max]", "Spearman ρ", "ESN − random at max α [95% CI], per seed"],
+             [[s, *[_num(y, ".3f") for y in v["mean_esn"]], verdicts.spread(v["mean_random_per_seed"], ".3f"),
+               _num(v["spearman"], "+.2f"),
+               "; ".join(f"{_num(g)} [{_num(c[0])}, {_num(c[1])}]" for g, c in zip(v["gap_per_seed"],
+                                                                                 v["gap_ci_per_seed"], strict=True))]
+              for s, v in r["steering"].items()]),
             ("img", "steering.png"),
             ("h", 2, "Agnostic vs targeted injection"),
             ("p", "ΔUAR vs the clean model per α. Targeted: each item gets its true emotion's mask (an oracle); "
@@ -183,9 +224,40 @@ def blocks(r: dict) -> list[tuple]:
                  [[s, _num(v["specificity_own"]), _num(v["specificity_transferred"]), _num(v["ratio"], ".2f"),
                    _num(v["jaccard"], ".2f")] for s, v in t["selectors"].items()]),
                 ("img", "transfer.png")]
+    out += prompt_blocks(r)
     out += collateral_blocks(r)
     out.append(("p", "Every number is in results.json; predictions.npz and masks.npz hold the raw predictions and "
                      "masks they come from."))
+    return out
+
+
+def prompt_blocks(r: dict) -> list[tuple]:
+    """Per-prompt numbers, the cross-prompt transfer and the near-ties."""
+    k = r["main_k"]
+    out = [("h", 2, "Prompts"),
+           ("p", "Every prompt asks about the same items in the model's chat layout; the statistics pool over them, "
+                 f"and deactivation and steering are measured under each (k={k}; specificity = mean self − cross, "
+                 "steering = share moved to the target at the largest α)."),
+           ("table", ["prompt", "question", "clean accuracy",
+                      *[f"{s} specificity" for s in r["selectors"]], *[f"{s} steering" for s in r["selectors"]]],
+            [[p["name"], p["question"], _num(p["clean"]["accuracy"], ".3f"),
+              *[_num(p["deactivation"][s]["mean_specificity"]) for s in r["selectors"]],
+              *[_num(p["steering"][s]["mean_esn"][-1], ".3f") for s in r["selectors"]]] for p in r["per_prompt"]])]
+    t = r.get("prompt_transfer")
+    if t:
+        out += [("h", 3, "Cross-prompt transfer"),
+                ("p", "Neurons selected under one prompt alone, ablated under another: specificity with the other "
+                      "prompt's masks vs with the prompt's own, mean over ordered pairs of prompts."),
+                ("table", ["selector", "own specificity", "transferred", "ratio", "Jaccard"],
+                 [[s, _num(v["specificity_own"]), _num(v["specificity_transferred"]), _num(v["ratio"], ".2f"),
+                   _num(v["jaccard"], ".2f")] for s, v in t["selectors"].items()]),
+                ("img", "prompt_transfer.png")]
+    out += [("h", 3, "Near-ties"),
+            ("p", "Evaluations (item × intervention) whose two best labels lie within 1e-4 in log-probability, per "
+                  "stage: float differences between machines (about 1e-5) can flip them."),
+            ("table", ["stage", "evaluations", "near-ties"],
+             [[name, str(v["evaluations"]), f"{v['near_ties']} ({v['share']:.2%})"] for name, v in
+              r["near_ties"].items()])]
     return out
 
 

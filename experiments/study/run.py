@@ -9,117 +9,181 @@ predictions.npz, masks.npz, report.md, report.html and the plots, in the workdir
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 
 import esn_jax
-from experiments.study import adapters, analysis, report, stages
+from configs.study import parse_list
+from experiments.study import adapters, analysis, report, stages, verdicts
+from experiments.study.evidence import Evidence, near_ties, preds
 
 
 def _k_name(k: float) -> str:
     return f"{k:g}"
 
 
+class _Timer:
+    """Wall seconds per stage (summed over calls), for the table README keeps; written to timings.json."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
 def run(cfg, workdir, mesh=None) -> dict:
     """Runs (or resumes) the study into ``workdir``; returns the results (also in results.json)."""
     workdir = Path(workdir)
-    store = stages.Store(workdir, cfg)
-    model = adapters.load_model(cfg, mesh)
-    ctx = stages.Context(cfg, store, model, mesh)
-    e = ctx.num_emotions
-    dataset = adapters.ensure_dataset(cfg.dataset, cfg.dataset_config, cfg.data_dir, cfg.manual_dir)
-
-    id_names = stages.stage_batches(ctx, "A", dataset, cfg.id_split, cfg.max_id_items)
-    eval_names = stages.stage_batches(ctx, "A", dataset, cfg.eval_split, cfg.max_eval_items)
-    items = stages.items_of(ctx, eval_names)
-    labels = items["labels"]
-    clean_logp = stages.stage_clean(ctx, "A", eval_names)
-    clean = clean_logp.argmax(-1)
-    stats, grad = stages.stage_stats(ctx, "A", id_names)
-    masks = stages.stage_select(ctx, "masks", stats, grad, ctx.ks)  # [S, K, 1 + R, E, L, I]
-    deact = stages.stage_deactivate(ctx, "deactivate/A", eval_names, masks)  # [S, K, 1 + R, E, N]
-    steer = stages.stage_steer(ctx, eval_names, masks)  # [S, 2, A, E, N]
-    agn = stages.stage_agnostic(ctx, eval_names, masks, clean_logp)  # [S, 4, A, N]
-    text = stages.stage_collateral(ctx, masks)  # clean [P], masked [S, K, 1 + R, E, P]
-
-    main_k = _k_name(ctx.ks[cfg.main_k])
+    timer = _Timer()
+    with timer("load"):
+        store = stages.Store(workdir, cfg)
+        model = adapters.load_model(cfg, mesh)
+        ctx = stages.Context(cfg, store, model, mesh)
+    with timer("batches"):
+        dataset = adapters.ensure_dataset(cfg.dataset, cfg.dataset_config, cfg.data_dir, cfg.manual_dir)
+        id_names = stages.stage_batches(ctx, "A", dataset, cfg.id_split, cfg.max_id_items)
+        eval_names = stages.stage_batches(ctx, "A", dataset, cfg.eval_split, cfg.max_eval_items)
+        items = stages.items_of(ctx, eval_names[0])
+    with timer("clean"):
+        clean = stages.stage_clean(ctx, "A", eval_names)  # [P, N, E]
+    with timer("statistics"):
+        per_prompt = stages.stage_stats(ctx, "A", id_names)
+    with timer("select"):
+        masks = stages.stage_select(ctx, "masks", *stages.pooled(per_prompt), ctx.ks)  # [S, K, 1 + R, E, L, I]
+        prompt_masks = stages.stage_prompt_masks(ctx, per_prompt) if len(ctx.prompts) > 1 else None
+    with timer("deactivate"):
+        deact = stages.stage_deactivate(ctx, "deactivate/A", eval_names, masks)
+    with timer("prompt transfer"):
+        moved = (stages.stage_deactivate(ctx, "deactivate/prompts", eval_names, prompt_masks)
+                 if prompt_masks is not None else None)
+    with timer("steer"):
+        steer = stages.stage_steer(ctx, eval_names, masks)
+    with timer("agnostic"):
+        agn = stages.stage_agnostic(ctx, eval_names, masks)
+    with timer("collateral"):
+        text = stages.stage_collateral(ctx, masks)
+    transfer = {}
+    if cfg.transfer_dataset:
+        with timer("transfer"):
+            transfer = _transfer(ctx, masks[:, cfg.main_k, 0])
+    ev = Evidence(labels=items["labels"], clean=clean, deactivate=deact, steer=steer["esn"],
+                  steer_random=steer["random"], agnostic=agn, masks=masks, collateral_clean=text["clean"],
+                  collateral_masked=text["masked"], unknown_share=float(text["unknown_share"]),
+                  prompt_masks=prompt_masks, prompt_transfer=moved, **transfer)
     layers, neurons = esn_jax.model_dims(model.params)
-    r = {
+    pooled_stats = stages.pooled(per_prompt)[0]
+    base = {
         "config": cfg.to_dict(), "config_hash": store.key,
         "model": {"name": model.name, "checkpoint": str(cfg.checkpoint), "labels": list(model.labels),
                   "label_token_ids": [list(t) for t in model.label_token_ids], "layers": layers, "neurons": neurons},
+        "prompts": [{"name": n, "question": q} for n, q in zip(ctx.prompts, ctx.questions, strict=True)],
         "data": {"dataset": dataset, "id_split": cfg.id_split, "eval_split": cfg.eval_split,
-                 "eval_items": int(len(labels)), "eval_items_per_emotion": np.bincount(labels, minlength=e).tolist()},
-        "identification": {"items_seen": np.asarray(stats.items_seen).tolist(),
-                           "items_kept": np.asarray(stats.items).tolist(), "tokens": np.asarray(stats.tokens).tolist(),
-                           "success_filter": cfg.success_filter, "site": cfg.site, "positions": cfg.positions},
-        "clean": analysis.classification(labels, clean, e),
-        "main_k": main_k,
-        "selectors": {},
+                 "eval_items": int(len(ev.labels)),
+                 "eval_items_per_emotion": np.bincount(ev.labels, minlength=ctx.num_emotions).tolist()},
+        "identification": {"items_seen": np.asarray(pooled_stats.items_seen).tolist(),
+                           "items_kept": np.asarray(pooled_stats.items).tolist(),
+                           "items_kept_per_prompt": [np.asarray(s.items).tolist() for s, _, _ in per_prompt],
+                           "tokens": np.asarray(pooled_stats.tokens).tolist(), "success_filter": cfg.success_filter,
+                           "site": cfg.site, "positions": cfg.positions, "pooled_over_prompts": len(ctx.prompts)},
     }
-    for s, method in enumerate(ctx.selectors):
-        r["selectors"][method] = {"k": {
-            _k_name(k): {"count_per_emotion": masks[s, j, 0].sum((1, 2)).tolist(),
-                         "random_count_per_emotion": masks[s, j, 1:].sum((2, 3)).tolist(),
-                         "layer_histogram": esn_jax.metrics.layer_histogram(masks[s, j, 0]).sum(0).tolist(),
-                         "deactivation": analysis.deactivation(labels, clean, deact[s, j], e, cfg)}
-            for j, k in enumerate(ctx.ks)}}
-    r["steering"] = {m: analysis.steering(labels, clean, steer[s], ctx.alphas, cfg)
-                     for s, m in enumerate(ctx.selectors)}
-    r["agnostic"] = {m: analysis.agnostic(labels, clean, agn[s], ctx.alphas, e, stages.STRATEGIES)
-                     for s, m in enumerate(ctx.selectors)}
-    r["agnostic_alphas"] = list(ctx.alphas)
-    main = masks[:, cfg.main_k, 0]  # [S, E, L, I]
-    hist = {m: esn_jax.metrics.layer_histogram(main[s]).sum(0).tolist() for s, m in enumerate(ctx.selectors)}
-    r["layers"] = {"per_selector": hist, "summary": analysis.layer_summary(np.sum(list(hist.values()), axis=0))}
-    r["overlaps"] = analysis.overlaps(main, ctx.selectors)
-    arrays = {"labels": labels, "ids": items["ids"], "clean_logp": clean_logp, "clean_preds": clean,
-              "deactivate": deact, "steer": steer, "agnostic": agn, "collateral_clean": text["clean"],
-              "collateral_masked": text["masked"]}
-    r["transfer"] = None
     if cfg.transfer_dataset:
-        r["transfer"], transfer_arrays = _transfer(ctx, main)
-        arrays.update({f"transfer_{k}": v for k, v in transfer_arrays.items()})
-    r["collateral"] = analysis.collateral(r, text["clean"], text["masked"], float(text["unknown_share"]))
-    r["findings"] = analysis.findings(r, main_k)
-
-    _write_npz(workdir / "predictions.npz", arrays)
-    _write_npz(workdir / "masks.npz", {"masks": masks, "selectors": np.array(ctx.selectors), "ks": np.array(ctx.ks)})
-    stages.write_atomically(workdir / "results.json", (json.dumps(r, indent=1) + "\n").encode())
-    report.write(workdir, r)
+        base["transfer"] = {"dataset": adapters.ensure_dataset(cfg.transfer_dataset, cfg.transfer_dataset_config,
+                                                               cfg.data_dir, cfg.manual_dir)}
+    with timer("analysis"):
+        r = analyze(ev, base, cfg)
+    arrays = {**ev.arrays(), "ids": items["ids"], "clean_preds": ev.clean[0].argmax(-1),
+              "collateral_input_ids": text["input_ids"], "collateral_attention_mask": text["attention_mask"]}
+    with timer("report"):
+        _write_npz(workdir / "predictions.npz", arrays)
+        _write_npz(workdir / "masks.npz", {"masks": masks, "selectors": np.array(ctx.selectors),
+                                           "ks": np.array(ctx.ks), "prompts": np.array(ctx.prompts),
+                                           **({"prompt_masks": prompt_masks} if prompt_masks is not None else {}),
+                                           **({"transfer_masks": ev.transfer_masks} if transfer else {})})
+        stages.write_atomically(workdir / "results.json", (json.dumps(r, indent=1) + "\n").encode())
+        report.write(workdir, r)
+    stages.write_atomically(workdir / "timings.json", (json.dumps(timer.seconds, indent=1) + "\n").encode())
+    print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timer.seconds.items()))
     return r
 
 
-def _transfer(ctx, masks_a: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
-    """Selects on the transfer dataset B too, then ablates A's and B's masks on B's eval items.
+def analyze(ev: Evidence, base: dict, cfg) -> dict:
+    """Every number and verdict of results.json from the evidence; ``base`` holds what describes the run (config,
+    model, prompts, data, identification; ``transfer.dataset`` when there is one)."""
+    names = parse_list("selectors", cfg.selectors)
+    ks, alphas = parse_list("ks", cfg.ks), parse_list("alphas", cfg.alphas)
+    e = ev.clean.shape[-1]
+    main_k = _k_name(ks[cfg.main_k])
+    labels = ev.labels
+    clean, deact = preds(ev.clean), preds(ev.deactivate)  # [P, N], [P, S, K, 1 + R, E, N]
+    steer, steer_random, union_mix = preds(ev.steer), preds(ev.steer_random), preds(ev.agnostic)
+    r = {k: v for k, v in base.items() if k != "transfer"}
+    r["main_k"] = main_k
+    r["clean"] = analysis.classification(labels, clean[0], e)
+    r["selectors"] = {}
+    for s, method in enumerate(names):
+        r["selectors"][method] = {"k": {
+            _k_name(k): {"count_per_emotion": ev.masks[s, j, 0].sum((1, 2)).tolist(),
+                         "random_count_per_emotion": ev.masks[s, j, 1:].sum((2, 3)).tolist(),
+                         "layer_histogram": esn_jax.metrics.layer_histogram(ev.masks[s, j, 0]).sum(0).tolist(),
+                         "deactivation": analysis.deactivation(labels, clean[0], deact[0, s, j], e, cfg)}
+            for j, k in enumerate(ks)}}
+    per_prompt = [analysis.interventions(labels, clean[p], deact[p, :, cfg.main_k], steer[p], steer_random[p],
+                                         union_mix[p], names, alphas, e, cfg) for p in range(len(clean))]
+    r["steering"], r["agnostic"] = per_prompt[0]["steering"], per_prompt[0]["agnostic"]
+    r["agnostic_alphas"] = list(alphas)
+    r["per_prompt"] = [{**prompt, **numbers} for prompt, numbers in zip(base["prompts"], per_prompt, strict=True)]
+    main = ev.masks[:, cfg.main_k, 0]  # [S, E, L, I]
+    hist = {m: esn_jax.metrics.layer_histogram(main[s]).sum(0).tolist() for s, m in enumerate(names)}
+    r["layers"] = {"per_selector": hist, "summary": analysis.layer_summary(np.sum(list(hist.values()), axis=0))}
+    r["overlaps"] = analysis.overlaps(main, names)
+    r["prompt_transfer"] = (analysis.prompt_transfer(labels, clean, preds(ev.prompt_transfer), ev.prompt_masks, names,
+                                                     [p["name"] for p in base["prompts"]], e)
+                            if ev.prompt_transfer is not None else None)
+    r["transfer"] = None
+    if ev.transfer is not None:
+        r["transfer"] = analysis.transfer_result(base["transfer"]["dataset"], ev.transfer_labels,
+                                                 preds(ev.transfer_clean[0]), preds(ev.transfer[0]), main,
+                                                 ev.transfer_masks, names, e)
+        r["transfer"]["per_prompt"] = [
+            analysis.transfer(ev.transfer_labels, preds(ev.transfer_clean[p]), preds(ev.transfer[p]), main,
+                              ev.transfer_masks, names, e) for p in range(len(clean))]
+    r["collateral"] = analysis.collateral(r, ev.collateral_clean, ev.collateral_masked, ev.unknown_share)
+    r["near_ties"] = near_ties(ev)
+    r["findings"] = verdicts.assess(r, ev, cfg)
+    counts = {w: sum(f["verdict"] == w for f in r["findings"]) for w in VERDICTS}
+    r["summary"] = {"verdicts": counts, "grid": {"random_seeds": int(ev.steer_random.shape[2]),
+                                                 "prompts": int(len(clean)), "resamples": int(cfg.resamples)}}
+    return r
 
-    masks_a [S, E, L, I] -> (results, {labels [N], clean_preds [N], preds [S, 2, E, N] (A's masks, B's),
-    masks [S, E, L, I] (B's)})."""
+
+VERDICTS = ("holds", "fragile", "does not hold", "not tested")
+
+
+def _transfer(ctx, masks_a: np.ndarray) -> dict[str, np.ndarray]:
+    """Selects on the transfer dataset B too, then ablates A's and B's masks on B's eval items under every prompt.
+
+    masks_a [S, E, L, I] -> the Evidence fields: transfer_labels [N], transfer_clean [P, N, E], transfer
+    [P, S, 2, E, N, E] (A's masks, B's), transfer_masks [S, E, L, I] (B's)."""
     cfg = ctx.cfg
-    e = ctx.num_emotions
     dataset = adapters.ensure_dataset(cfg.transfer_dataset, cfg.transfer_dataset_config, cfg.data_dir,
                                       cfg.manual_dir)
     id_names = stages.stage_batches(ctx, "B", dataset, cfg.transfer_id_split, cfg.max_id_items)
     eval_names = stages.stage_batches(ctx, "B", dataset, cfg.transfer_eval_split, cfg.max_eval_items)
-    labels = stages.items_of(ctx, eval_names)["labels"]
-    clean = stages.stage_clean(ctx, "B", eval_names).argmax(-1)
-    stats, grad = stages.stage_stats(ctx, "B", id_names)
+    labels = stages.items_of(ctx, eval_names[0])["labels"]
+    clean = stages.stage_clean(ctx, "B", eval_names)
+    stats, grad = stages.pooled(stages.stage_stats(ctx, "B", id_names))
     masks_b = stages.stage_select(ctx, "transfer_masks", stats, grad, (ctx.ks[cfg.main_k],))[:, 0, 0]  # [S, E, L, I]
-    preds = stages.stage_deactivate(ctx, "deactivate/B", eval_names, np.stack([masks_a, masks_b], 1))
-    out = {"dataset": dataset, "eval_items": int(len(labels)), "clean": analysis.classification(labels, clean, e),
-           "selectors": {}}
-    for s, m in enumerate(ctx.selectors):
-        own = analysis.mean_specificity(labels, clean, preds[s, 1].T, e)
-        moved = analysis.mean_specificity(labels, clean, preds[s, 0].T, e)
-        overlap = analysis.nanmean([esn_jax.metrics.jaccard(masks_a[s, t], masks_b[s, t]) for t in range(e)])
-        out["selectors"][m] = {"specificity_transferred": analysis.num(moved), "specificity_own": analysis.num(own),
-                               "ratio": analysis.num(moved / own) if own < 0 else None,
-                               "jaccard": analysis.num(overlap)}
-    out["best"] = min(out["selectors"], key=lambda m: out["selectors"][m]["specificity_own"] or 0.0)
-    return out, {"labels": labels, "clean_preds": clean, "preds": preds, "masks": masks_b}
+    logp = stages.stage_deactivate(ctx, "deactivate/B", eval_names, np.stack([masks_a, masks_b], 1))
+    return {"transfer_labels": labels, "transfer_clean": clean, "transfer": logp, "transfer_masks": masks_b}
 
 
 def _write_npz(path: Path, arrays: dict) -> None:

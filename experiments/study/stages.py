@@ -1,26 +1,34 @@
 """The study's stages, each resumable: outputs are written atomically under ``workdir/runs/<config hash>/``
 and a restart with the same config skips what exists (per batch inside the long stages).
 
-Stages (``tag`` is ``A`` for the main dataset, ``B`` for the transfer dataset):
+Every model-facing stage runs once per prompt variant ``p`` (``prompts=``; :func:`adapters.questions`) on the
+same items, and stores label log-probs, not only predictions, so that near-ties can be counted and the verdicts'
+sensitivity to float noise tested. Stages (``tag`` is ``A`` for the main dataset, ``B`` for the transfer dataset):
 
-  batches/<tag>_<split>/NNNNN.npz  model inputs of each batch (prompts + features), labels, valid, ids
-  clean/<tag>/NNNNN.npz            clean label log-probs [B, E]
-  stats/<tag>.npz                  success-filtered identification statistics + gradient attribution,
-                                   saved after every batch together with the next batch to read
-  masks.npz                        bool [S, K, 1 + R, E, L, I]: selector s at k, ESNs (0) and random controls
-  deactivate/<tag>/NNNNN.npz       predictions [S, K, 1 + R, E, B] under ablation of every mask
-  steer/NNNNN.npz                  predictions [S, 2, A, E, B] under gain α (ESN masks and random seed 0)
-  agnostic/NNNNN.npz               predictions [S, 4, A, B]: targeted, Union, Mix, 2-Pass
-  transfer_masks.npz, transfer/NNNNN.npz   selection on B; B's predictions under A's and B's masks
-  collateral.npz                   plain-text next-token loss [P] clean and [S, K, 1 + R, E, P] with each
-                                   mask ablated, with the prompts' tokens and their share of unknown tokens
+  batches/<tag>_<split>_p<p>/NNNNN.npz  model inputs of each batch (prompts + features), labels, valid, ids
+  clean/<tag>/p<p>/NNNNN.npz            clean label log-probs [B, E]
+  stats/<tag>_p<p>.npz                  success-filtered identification statistics + gradient attribution,
+                                        saved after every batch together with the next batch to read
+  masks.npz                             bool [S, K, 1 + R, E, L, I]: selector s at k, ESNs (0) and random controls,
+                                        from the statistics pooled over the prompts
+  prompt_masks.npz                      bool [P, S, E, L, I]: each prompt's own selection at main k (P > 1)
+  deactivate/<tag>/p<p>/NNNNN.npz       log-probs [S, K, 1 + R, E, B, E] with every mask ablated
+  deactivate/prompts/p<p>/NNNNN.npz     log-probs [P, S, E, B, E]: each prompt's own masks ablated under prompt p
+  steer/p<p>/NNNNN.npz                  log-probs [S, A, E, B, E] under gain α on the ESNs, and
+                                        [S, R, E, B, E] on each random control at the largest α
+  agnostic/p<p>/NNNNN.npz               log-probs [S, 2, A, B, E]: Union and Mix (targeted and 2-Pass injection are
+                                        the steering sweep's rows of the true and of the predicted emotion)
+  transfer_masks.npz                    selection on B
+  collateral.npz                        plain-text next-token loss [T] clean and [S, K, 1 + R, E, T] with each
+                                        mask ablated, with the texts' tokens and their share of unknown tokens
 
-Shapes: S selectors, K ks, R random seeds, E emotions (label words), A alphas, L layers, I neurons, B batch,
-P plain-text prompts.
+Shapes: P prompts, S selectors, K ks, R random seeds, E emotions (label words), A alphas, L layers, I neurons,
+B batch, T plain-text prompts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -33,12 +41,12 @@ from tqdm import tqdm
 
 import esn_jax
 from configs.study import parse_list
-from esn_jax import collateral
+from esn_jax import collateral, scoring
 from esn_jax.selectors import attribution
 from experiments.study import adapters
 from ports import sharding
 
-STRATEGIES = ("targeted", "union", "mix", "two_pass")
+STRATEGIES = ("targeted", "union", "mix", "two_pass")  # agnostic injection, as reported
 CRASH_ENV = "ESN_STUDY_CRASH_AFTER"  # "<stage>:<n>": exit abruptly after saving unit n (resume tests)
 
 
@@ -86,7 +94,7 @@ def crash_point(stage: str, unit: int) -> None:
 
 
 class Context:
-    """What every stage needs: config, store, model, mesh."""
+    """What every stage needs: config, store, model, mesh, and the study's axes."""
 
     def __init__(self, cfg, store: Store, model: adapters.Model, mesh=None):
         self.cfg, self.store, self.model, self.mesh = cfg, store, model, mesh
@@ -94,6 +102,8 @@ class Context:
         self.ks = parse_list("ks", cfg.ks)
         self.alphas = parse_list("alphas", cfg.alphas)
         self.seeds = parse_list("random_seeds", cfg.random_seeds)
+        self.prompts = parse_list("prompts", cfg.prompts)
+        self.questions = adapters.questions(model, self.prompts)
         self.num_emotions = len(model.labels)
 
     def inputs(self, batch: dict) -> dict:
@@ -102,44 +112,48 @@ class Context:
         return sharding.shard_batch(kw, self.mesh) if self.mesh is not None else kw
 
     def score(self, batch: dict, interventions) -> np.ndarray:
-        """Argmax predictions [V, B] under V stacked interventions, ``variant_chunk`` variants per call
-        (the last chunk padded with copies) so that one compiled shape serves every stage."""
+        """Label log-probs [V, B, E] under V stacked interventions, ``variant_chunk`` variants per call (the last
+        chunk padded with copies) so that one compiled shape serves every stage; the encoders run once."""
         v = jax.tree.leaves(interventions)[0].shape[0]
         chunk = min(self.cfg.variant_chunk, v)
-        inputs = self.inputs(batch)
+        embedded = _embed(self.model.module, self.model.params, self.inputs(batch))
         out = []
         for start in range(0, v, chunk):
             part = jax.tree.map(lambda x, s=start: x[s:s + chunk], interventions)
             n = jax.tree.leaves(part)[0].shape[0]
             if n < chunk:
                 part = jax.tree.map(lambda x, n=n: np.concatenate([x, np.repeat(x[-1:], chunk - n, 0)]), part)
-            logp = esn_jax.score_variants(self.model.module, self.model.params, inputs, part,
+            logp = esn_jax.score_variants(self.model.module, self.model.params, embedded, part,
                                           self.model.label_token_ids)
-            out.append(np.asarray(logp.argmax(-1))[:n])
+            out.append(np.asarray(logp, np.float32)[:n])
         return np.concatenate(out)
 
+
+_embed = jax.jit(scoring.embed, static_argnums=0)
 
 # ---------------------------------------------------------------- data
 
 
-def stage_batches(ctx: Context, tag: str, dataset: str, split: str, max_items: int) -> list[str]:
-    """Writes the split's model batches once; returns their store names in order."""
-    name = f"batches/{tag}_{split}"
-    done = ctx.store.path(name + "/done").exists()
-    if not done:  # a resumed run recomputes the features of the batches it already saved, and skips the writes
-        items = adapters.read_items(ctx.cfg, ctx.model, dataset, split, max_items, ctx.cfg.seed)
-        for i, batch in enumerate(tqdm(adapters.batches(ctx.model, items, ctx.cfg), desc=f"features {tag}/{split}",
+def stage_batches(ctx: Context, tag: str, dataset: str, split: str, max_items: int) -> list[list[str]]:
+    """Writes the split's model batches once per prompt (the same items in the same order under every prompt);
+    returns their store names [P][batches]."""
+    names = [f"batches/{tag}_{split}_p{p}" for p in range(len(ctx.prompts))]
+    todo = [p for p, name in enumerate(names) if not ctx.store.path(name + "/done").exists()]
+    items = adapters.read_items(ctx.cfg, ctx.model, dataset, split, max_items, ctx.cfg.seed) if todo else []
+    for p in todo:  # a resumed run recomputes the features of the batches it already saved, and skips the writes
+        model = dataclasses.replace(ctx.model, question=ctx.questions[p])
+        for i, batch in enumerate(tqdm(adapters.batches(model, items, ctx.cfg), desc=f"features {tag}/{split}/p{p}",
                                        total=-(-len(items) // ctx.cfg.batch_size))):
-            if not ctx.store.has(f"{name}/{i:05d}"):
-                ctx.store.save(f"{name}/{i:05d}", **batch)
-        ctx.store.save(name + "/done", count=np.int64(i + 1))
-    count = int(ctx.store.load(name + "/done")["count"])
-    return [f"{name}/{i:05d}" for i in range(count)]
+            if not ctx.store.has(f"{names[p]}/{i:05d}"):
+                ctx.store.save(f"{names[p]}/{i:05d}", **batch)
+        ctx.store.save(names[p] + "/done", count=np.int64(i + 1))
+    counts = [int(ctx.store.load(name + "/done")["count"]) for name in names]
+    return [[f"{name}/{i:05d}" for i in range(count)] for name, count in zip(names, counts, strict=True)]
 
 
 def per_batch(ctx: Context, stage: str, names: list[str], fn, desc: str) -> dict[str, np.ndarray]:
-    """Runs ``fn(i, batch) -> {key: array [..., B]}`` on every batch not done yet, saving each; returns the
-    arrays of all batches concatenated along their last axis, real (valid) rows only."""
+    """Runs ``fn(i, batch) -> {key: array [..., B, E]}`` on every batch not done yet, saving each; returns the
+    arrays of all batches concatenated along their item axis (-2), real (valid) rows only."""
     parts = []
     for i, name in enumerate(tqdm(names, desc=desc)):
         out = f"{stage}/{i:05d}"
@@ -147,8 +161,14 @@ def per_batch(ctx: Context, stage: str, names: list[str], fn, desc: str) -> dict
         if not ctx.store.has(out):
             ctx.store.save(out, **fn(i, batch))
             crash_point(stage, i)
-        parts.append({k: v[..., batch["valid"]] for k, v in ctx.store.load(out).items()})
-    return {k: np.concatenate([p[k] for p in parts], axis=-1) for k in parts[0]}
+        parts.append({k: v[..., batch["valid"], :] for k, v in ctx.store.load(out).items()})
+    return {k: np.concatenate([p[k] for p in parts], axis=-2) for k in parts[0]}
+
+
+def per_prompt(ctx: Context, stage: str, names: list[list[str]], fn) -> dict[str, np.ndarray]:
+    """:func:`per_batch` under every prompt (stage ``<stage>/p<p>``): arrays [P, ..., N, E]."""
+    out = [per_batch(ctx, f"{stage}/p{p}", part, fn, f"{stage} p{p}") for p, part in enumerate(names)]
+    return {k: np.stack([o[k] for o in out]) for k in out[0]}
 
 
 def items_of(ctx: Context, names: list[str]) -> dict[str, np.ndarray]:
@@ -163,45 +183,61 @@ def items_of(ctx: Context, names: list[str]) -> dict[str, np.ndarray]:
 _score_labels = jax.jit(esn_jax.score_labels, static_argnums=(0, 3))  # module and label ids are hashable
 
 
-def stage_clean(ctx: Context, tag: str, names: list[str]) -> np.ndarray:
-    """Clean label log-probs [N, E] of the real rows."""
+def stage_clean(ctx: Context, tag: str, names: list[list[str]]) -> np.ndarray:
+    """Clean label log-probs [P, N, E] of the real rows."""
     def fn(_, batch):
-        logp = _score_labels(ctx.model.module, ctx.model.params, ctx.inputs(batch), ctx.model.label_token_ids)
-        return {"logp": np.asarray(logp).T}  # [E, B]: the item axis last, as per_batch concatenates
-    return per_batch(ctx, f"clean/{tag}", names, fn, f"clean {tag}")["logp"].T
+        return {"logp": np.asarray(_score_labels(ctx.model.module, ctx.model.params, ctx.inputs(batch),
+                                                 ctx.model.label_token_ids), np.float32)}
+    return per_prompt(ctx, f"clean/{tag}", names, fn)["logp"]
 
 
-def stage_stats(ctx: Context, tag: str, names: list[str]) -> tuple[esn_jax.EmotionStats, np.ndarray]:
-    """Streams the statistics (success-filtered per the config) and the gradient attribution over the
-    identification batches; the running sums are saved after every batch. Returns (stats, grad scores [E, L, I])."""
+def stage_stats(ctx: Context, tag: str, names: list[list[str]]) -> list[tuple[esn_jax.EmotionStats, np.ndarray]]:
+    """Per prompt, streams the statistics (success-filtered per the config: the items that prompt gets right) and
+    the gradient attribution over the identification batches; the running sums are saved after every batch.
+    Returns [(stats, grad_sum [E, L, I], grad_items [E])] per prompt (they add up over prompts)."""
     config = esn_jax.StatsConfig(site=ctx.cfg.site, positions=ctx.cfg.positions,
                                  success_filter=ctx.cfg.success_filter)
     layers, neurons = esn_jax.model_dims(ctx.model.params)
     e = ctx.num_emotions
-    name = f"stats/{tag}"
-    if ctx.store.has(name):
-        saved = ctx.store.load(name)
-        start = int(saved.pop("next_batch"))
-        grad_sum, grad_items = saved.pop("grad_sum"), saved.pop("grad_items")
-        stats = esn_jax.EmotionStats.zeros(e, layers, neurons, config).replace(**saved)
-    else:
-        start, stats = 0, esn_jax.EmotionStats.zeros(e, layers, neurons, config)
-        grad_sum, grad_items = np.zeros((e, layers, neurons), np.float32), np.zeros(e, np.int32)
     use_grad = "grad" in ctx.selectors
-    for i in tqdm(range(start, len(names)), desc=f"statistics {tag}", initial=start, total=len(names)):
-        batch = ctx.store.load(names[i])
-        kw = ctx.inputs(batch)
-        stats, correct = esn_jax.update_stats(stats, ctx.model.module, ctx.model.params, kw, batch["labels"],
-                                              ctx.model.label_token_ids, config, item_mask=batch["valid"])
-        if use_grad:  # attribution over the same items the statistics keep
-            keep = batch["valid"] & (np.asarray(correct) if ctx.cfg.success_filter else True)
-            g, n = attribution(ctx.model.module, ctx.model.params, kw, batch["labels"], ctx.model.label_token_ids,
-                               e, ctx.cfg.site, item_mask=keep)
-            grad_sum, grad_items = grad_sum + np.asarray(g), grad_items + np.asarray(n)
-        fields = {f: np.asarray(getattr(stats, f)) for f in ("count_pos", "sum", "sum_sq", "tokens", "items",
-                                                             "items_seen")}
-        ctx.store.save(name, **fields, grad_sum=grad_sum, grad_items=grad_items, next_batch=np.int64(i + 1))
-        crash_point(f"stats/{tag}", i)
+    out = []
+    for p, part in enumerate(names):
+        name = f"stats/{tag}_p{p}"
+        if ctx.store.has(name):
+            saved = ctx.store.load(name)
+            start = int(saved.pop("next_batch"))
+            grad_sum, grad_items = saved.pop("grad_sum"), saved.pop("grad_items")
+            stats = esn_jax.EmotionStats.zeros(e, layers, neurons, config).replace(**saved)
+        else:
+            start, stats = 0, esn_jax.EmotionStats.zeros(e, layers, neurons, config)
+            grad_sum, grad_items = np.zeros((e, layers, neurons), np.float32), np.zeros(e, np.int32)
+        for i in tqdm(range(start, len(part)), desc=f"statistics {tag} p{p}", initial=start, total=len(part)):
+            batch = ctx.store.load(part[i])
+            kw = ctx.inputs(batch)
+            stats, correct = esn_jax.update_stats(stats, ctx.model.module, ctx.model.params, kw, batch["labels"],
+                                                  ctx.model.label_token_ids, config, item_mask=batch["valid"])
+            if use_grad:  # attribution over the same items the statistics keep
+                keep = batch["valid"] & (np.asarray(correct) if ctx.cfg.success_filter else True)
+                g, n = attribution(ctx.model.module, ctx.model.params, kw, batch["labels"],
+                                   ctx.model.label_token_ids, e, ctx.cfg.site, item_mask=keep)
+                grad_sum, grad_items = grad_sum + np.asarray(g), grad_items + np.asarray(n)
+            fields = {f: np.asarray(getattr(stats, f)) for f in STATS_FIELDS}
+            ctx.store.save(name, **fields, grad_sum=grad_sum, grad_items=grad_items, next_batch=np.int64(i + 1))
+            crash_point(name, i)
+        out.append((stats, grad_sum, grad_items))
+    return out
+
+
+STATS_FIELDS = ("count_pos", "sum", "sum_sq", "tokens", "items", "items_seen")
+
+
+def pooled(per_prompt_stats: list[tuple]) -> tuple[esn_jax.EmotionStats, np.ndarray]:
+    """(statistics summed over prompts, mean gradient attribution [E, L, I] over every kept item)."""
+    stats = per_prompt_stats[0][0]
+    for other, _, _ in per_prompt_stats[1:]:
+        stats = stats + other
+    grad_sum = np.sum([g for _, g, _ in per_prompt_stats], axis=0)
+    grad_items = np.sum([n for _, _, n in per_prompt_stats], axis=0)
     return stats, grad_sum / np.maximum(grad_items, 1)[:, None, None]
 
 
@@ -224,61 +260,65 @@ def stage_select(ctx: Context, name: str, stats, grad, ks) -> np.ndarray:
     return ctx.store.load(name)["masks"]
 
 
+def stage_prompt_masks(ctx: Context, per_prompt_stats: list[tuple]) -> np.ndarray:
+    """bool [P, S, E, L, I]: each prompt's own ESNs at main k (for the cross-prompt transfer)."""
+    if not ctx.store.has("prompt_masks"):
+        k = (ctx.ks[ctx.cfg.main_k],)
+        ctx.store.save("prompt_masks", masks=np.stack([select_all(ctx, *pooled([one]), k)[:, 0, 0]
+                                                       for one in per_prompt_stats]))
+    return ctx.store.load("prompt_masks")["masks"]
+
+
 # ---------------------------------------------------------------- interventions
 
 
-def stage_deactivate(ctx: Context, stage: str, names: list[str], masks: np.ndarray) -> np.ndarray:
-    """Predictions [*masks.shape[:-2], N] with each mask ablated."""
+def stage_deactivate(ctx: Context, stage: str, names: list[list[str]], masks: np.ndarray) -> np.ndarray:
+    """Log-probs [P, *masks.shape[:-2], N, E] with each mask ablated, under every prompt."""
     lead = masks.shape[:-2]
-    flat = masks.reshape(-1, *masks.shape[-2:])
+    edits = esn_jax.ablate(masks.reshape(-1, *masks.shape[-2:]), ctx.cfg.site)
 
     def fn(_, batch):
-        return {"preds": ctx.score(batch, esn_jax.ablate(flat, ctx.cfg.site)).reshape(*lead, -1)}
-    return per_batch(ctx, stage, names, fn, stage)["preds"]
+        logp = ctx.score(batch, edits)  # [V, B, E]
+        return {"logp": logp.reshape(*lead, *logp.shape[1:])}
+    return per_prompt(ctx, stage, names, fn)["logp"]
 
 
-def stage_steer(ctx: Context, names: list[str], masks: np.ndarray) -> np.ndarray:
-    """Predictions [S, 2, A, E, N] under gain α on the ESN masks (0) and on random seed 0's (1), at main k."""
-    chosen = masks[:, ctx.cfg.main_k, :2]  # [S, 2, E, L, I]
-    s, e = chosen.shape[0], chosen.shape[2]
-    site = ctx.cfg.site
-    # (selector, ESN/random, α, emotion) order; the edits do not depend on the batch, so they are built once.
-    edits = esn_jax.stack([esn_jax.gain(chosen[i, j, em], a, site) for i in range(s) for j in range(2)
-                           for a in ctx.alphas for em in range(e)])
+def stage_steer(ctx: Context, names: list[list[str]], masks: np.ndarray) -> dict[str, np.ndarray]:
+    """Log-probs under gain at main k, under every prompt: ``esn`` [P, S, A, E, N, E] (each α) and ``random``
+    [P, S, R, E, N, E] (each random control at the largest α, where the finding compares them)."""
+    s, _, r1, e = masks.shape[:4]
+    esn, controls = masks[:, ctx.cfg.main_k, 0], masks[:, ctx.cfg.main_k, 1:]  # [S, E, L, I], [S, R, E, L, I]
+    site, top = ctx.cfg.site, ctx.alphas[-1]
+    # The edits do not depend on the batch, so they are built once: (selector, α, emotion), then
+    # (selector, seed, emotion).
+    edits = esn_jax.stack([esn_jax.gain(esn[i, em], a, site) for i in range(s) for a in ctx.alphas for em in range(e)]
+                          + [esn_jax.gain(controls[i, j, em], top, site) for i in range(s) for j in range(r1 - 1)
+                             for em in range(e)])
+    split = s * len(ctx.alphas) * e
 
     def fn(_, batch):
-        return {"preds": ctx.score(batch, edits).reshape(s, 2, len(ctx.alphas), e, -1)}
-    return per_batch(ctx, "steer", names, fn, "steering")["preds"]
+        logp = ctx.score(batch, edits)
+        return {"esn": logp[:split].reshape(s, len(ctx.alphas), e, *logp.shape[1:]),
+                "random": logp[split:].reshape(s, r1 - 1, e, *logp.shape[1:])}
+    return per_prompt(ctx, "steer", names, fn)
 
 
-def stage_agnostic(ctx: Context, names: list[str], masks: np.ndarray, clean_logp: np.ndarray) -> np.ndarray:
-    """Predictions [S, 4, A, N] under targeted (the true label's mask), Union, Mix (equal weights) and 2-Pass
-    (the clean prediction's mask) injection, at main k."""
+def stage_agnostic(ctx: Context, names: list[list[str]], masks: np.ndarray) -> np.ndarray:
+    """Log-probs [P, S, 2, A, N, E] under Union and Mix (equal weights) injection of the ESNs at main k.
+
+    Targeted (the true label's mask) and 2-Pass (the clean prediction's mask) injection apply one emotion's mask at
+    gain α to an item: the steering sweep already scored every item under every emotion's mask at every α, so
+    :mod:`experiments.study.analysis` reads them from there instead of running them again."""
     chosen = masks[:, ctx.cfg.main_k, 0]  # [S, E, L, I]
-    e = chosen.shape[1]
-    clean = clean_logp.argmax(-1)
-    offsets = np.cumsum([0] + [int(ctx.store.load(n)["valid"].sum()) for n in names])
+    e, site = chosen.shape[1], ctx.cfg.site
+    edits = esn_jax.stack([edit for m in chosen for edit in (
+        *(esn_jax.union(m, a, site) for a in ctx.alphas),
+        *(esn_jax.mix(m, np.full(e, 1.0 / e), a, site) for a in ctx.alphas))])
 
-    site = ctx.cfg.site
-    # Union and Mix do not depend on the items: built once, as [L, 1, 1, I] to stack with 2-Pass's [L, B, 1, I].
-    shared = [(_per_position(esn_jax.union(m, a, site)), _per_position(esn_jax.mix(m, np.full(e, 1.0 / e), a, site)))
-              for m in chosen for a in ctx.alphas]
-
-    def fn(i, batch):
-        b = batch["labels"].shape[0]
-        # Padding rows (valid False) borrow real rows' clean predictions; they are dropped anyway.
-        pred = np.resize(clean[offsets[i]:offsets[i + 1]], b)
-        edits = []
-        for v, (m, a) in enumerate((m, a) for m in chosen for a in ctx.alphas):
-            edits += [esn_jax.two_pass(m, batch["labels"], a, site), *shared[v], esn_jax.two_pass(m, pred, a, site)]
-        preds = ctx.score(batch, esn_jax.stack(edits)).reshape(len(chosen), len(ctx.alphas), 4, -1)
-        return {"preds": preds.transpose(0, 2, 1, 3)}
-    return per_batch(ctx, "agnostic", names, fn, "agnostic")["preds"]
-
-
-def _per_position(edits):
-    """[L, I] edits -> [L, 1, 1, I], so that they stack with 2-Pass's per-item [L, B, 1, I] edits."""
-    return jax.tree.map(lambda x: x[:, None, None, :], edits)
+    def fn(_, batch):
+        logp = ctx.score(batch, edits)
+        return {"logp": logp.reshape(len(chosen), 2, len(ctx.alphas), *logp.shape[1:])}
+    return per_prompt(ctx, "agnostic", names, fn)["logp"]
 
 
 # ---------------------------------------------------------------- beyond the paper: collateral damage

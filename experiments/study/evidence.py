@@ -1,0 +1,86 @@
+"""What the study measured, as arrays: the stages' label log-probs and masks. Every number and verdict of
+results.json is a function of an :class:`Evidence` (:mod:`experiments.study.analysis`,
+:mod:`experiments.study.verdicts`), so the verdicts can be recomputed from ``predictions.npz`` and
+``masks.npz`` alone, e.g. after perturbing every log-probability.
+
+Shapes: P prompts, S selectors, K ks, R random seeds, E emotions, A alphas, N items, L layers, I neurons,
+T plain-text prompts. Log-probs end in the label axis E; predictions are their argmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+# Two labels closer than this in log-probability are a near-tie: float differences between machines (about 1e-5)
+# can flip such an item's prediction.
+NEAR_TIE = 1e-4
+
+# The log-prob fields, in the order the report lists them as stages (the transfer fields only with a second dataset).
+LOGP_FIELDS = ("clean", "deactivate", "prompt_transfer", "steer", "steer_random", "agnostic", "transfer_clean",
+               "transfer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    labels: np.ndarray  # [N] emotion index of each evaluation item
+    clean: np.ndarray  # [P, N, E]
+    deactivate: np.ndarray  # [P, S, K, 1 + R, E, N, E]: every mask ablated (ESNs 0, random controls 1..R)
+    steer: np.ndarray  # [P, S, A, E, N, E]: gain α on each emotion's ESNs at main k
+    steer_random: np.ndarray  # [P, S, R, E, N, E]: gain at the largest α on each random control
+    agnostic: np.ndarray  # [P, S, 2, A, N, E]: Union, Mix
+    masks: np.ndarray  # bool [S, K, 1 + R, E, L, I], from the statistics pooled over prompts
+    collateral_clean: np.ndarray  # [T] next-token loss on plain text
+    collateral_masked: np.ndarray  # [S, K, 1 + R, E, T]
+    unknown_share: float  # of the plain-text tokens, the tokenizer's unknown token's share
+    prompt_masks: np.ndarray | None = None  # bool [P, S, E, L, I]: each prompt's own selection (P > 1)
+    prompt_transfer: np.ndarray | None = None  # [P (under), P (selected on), S, E, N, E]
+    transfer_labels: np.ndarray | None = None  # [N_B] the transfer dataset's items
+    transfer_clean: np.ndarray | None = None  # [P, N_B, E]
+    transfer: np.ndarray | None = None  # [P, S, 2, E, N_B, E]: the main masks, then B's own, ablated on B
+    transfer_masks: np.ndarray | None = None  # bool [S, E, L, I]: selected on B
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The fields as predictions.npz stores them (log-prob fields as ``<field>_logp``); masks go to masks.npz."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and "masks" not in f.name:
+                out[f"{f.name}_logp" if f.name in LOGP_FIELDS else f.name] = np.asarray(value)
+        return out
+
+    @classmethod
+    def load(cls, predictions, masks) -> Evidence:
+        """From the mappings of predictions.npz and masks.npz (see :meth:`arrays`)."""
+        kw = {}
+        for f in dataclasses.fields(cls):
+            key = f"{f.name}_logp" if f.name in LOGP_FIELDS else f.name
+            source = masks if "masks" in f.name else predictions
+            if key in source:
+                kw[f.name] = np.asarray(source[key])
+        kw["unknown_share"] = float(kw["unknown_share"])
+        return cls(**kw)
+
+    def with_logp(self, fn) -> Evidence:
+        """A copy with ``fn(array)`` applied to every log-prob field."""
+        return dataclasses.replace(self, **{f: fn(getattr(self, f)) for f in LOGP_FIELDS
+                                            if getattr(self, f) is not None})
+
+
+def preds(logp) -> np.ndarray | None:
+    return None if logp is None else np.asarray(logp).argmax(-1)
+
+
+def near_ties(ev: Evidence) -> dict[str, dict]:
+    """Per stage: how many (variant, item) evaluations have their top two labels within :data:`NEAR_TIE`."""
+    out = {}
+    for name in LOGP_FIELDS:
+        logp = getattr(ev, name)
+        if logp is None:
+            continue
+        top = np.sort(np.asarray(logp, np.float64), axis=-1)
+        close = (top[..., -1] - top[..., -2]) < NEAR_TIE
+        out[name] = {"evaluations": int(close.size), "near_ties": int(close.sum()),
+                     "share": float(close.mean())}
+    return out
