@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 
 import jax
@@ -261,11 +262,21 @@ def stage_select(ctx: Context, name: str, stats, grad, ks) -> np.ndarray:
 
 
 def stage_prompt_masks(ctx: Context, per_prompt_stats: list[tuple]) -> np.ndarray:
-    """bool [P, S, E, L, I]: each prompt's own ESNs at main k (for the cross-prompt transfer)."""
+    """bool [P, S, E, L, I]: each prompt's own ESNs at main k (for the cross-prompt transfer). A prompt under which
+    fewer than two emotions kept an identification item (the success filter keeps what that prompt gets right) has
+    no selection to contrast: its masks are empty, with a warning, and the transfer from it is undefined."""
     if not ctx.store.has("prompt_masks"):
         k = (ctx.ks[ctx.cfg.main_k],)
-        ctx.store.save("prompt_masks", masks=np.stack([select_all(ctx, *pooled([one]), k)[:, 0, 0]
-                                                       for one in per_prompt_stats]))
+        layers, neurons = esn_jax.model_dims(ctx.model.params)
+        out = []
+        for p, one in enumerate(per_prompt_stats):
+            if (np.asarray(one[0].items) > 0).sum() < 2:
+                warnings.warn(f"prompt {ctx.prompts[p]!r} kept identification items of fewer than two emotions "
+                              f"({np.asarray(one[0].items).tolist()}): no selection of its own", stacklevel=2)
+                out.append(np.zeros((len(ctx.selectors), ctx.num_emotions, layers, neurons), bool))
+            else:
+                out.append(select_all(ctx, *pooled([one]), k)[:, 0, 0])
+        ctx.store.save("prompt_masks", masks=np.stack(out))
     return ctx.store.load("prompt_masks")["masks"]
 
 
