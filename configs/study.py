@@ -2,7 +2,7 @@
 
   --config=configs/study.py                                   the mini-LALM on synthetic_prosody (lean sizes)
   --config=configs/study.py:full                              the same, thorough (more items, k, α, seeds)
-  --config=configs/study.py:local                             a fast variant (CI, a first look)
+  --config=configs/study.py:local                             a fast variant (CI, a first look; two prompts)
   --config=configs/study.py:checkpoint=/ckpt/omni_jax,tokenizer=/ckpt/Qwen2.5-Omni-7B,dataset=iemocap
   --config=configs/study.py:checkpoint=/ckpt/kimi_jax,tokenizer=/ckpt/Kimi-Audio-7B-Instruct,speech_tokenizer=/ckpt/glm4_voice_tokenizer_jax
 
@@ -75,8 +75,8 @@ def defaults(local: bool = False, full: bool = False) -> dict:
         selectors="+".join(SELECTORS if local or full else SELECTORS[:4]),
         # Fractions of all L·I neurons (or counts >= 1): the paper's range at 7B is about 0.005-0.02, and 0.01
         # is LAPE's own kept share (Tang et al.); the mini-LALM has 30 × 1536 = 46,080 neurons.
-        ks="0.01+0.05" if local else ("0.005+0.01+0.02" if full else "0.01"),
-        main_k=1 if local or full else 0,  # index into ks of the k for steering, agnostic injection, layers, transfer
+        ks="0.05" if local else ("0.005+0.01+0.02" if full else "0.01"),
+        main_k=1 if full else 0,  # index into ks of the k for steering, agnostic injection, layers, transfer
         alphas="1+4" if local else ("1+2+4+8" if full else "2+8"),
         random_seeds="0+1+2",  # one matched random control per seed and mask
         # prompt variants (PROMPTS): statistics pool over them, every intervention is measured under each; the

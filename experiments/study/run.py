@@ -1,10 +1,13 @@
-"""The whole study in order (see :mod:`experiments.study.stages` for what each stage writes):
+"""The whole study in order (see :mod:`experiments.study.stages` for what each stage writes), under every prompt
+variant (``prompts=``):
 
-clean evaluation → success-filtered identification statistics → every selector at every k with matched
-random controls → deactivation matrices → gain sweep over α → agnostic Union / Mix / 2-Pass → beyond the
-paper, collateral damage: each mask's cost to the frozen LM's next-token loss on plain text → layer
-histograms and overlaps → cross-dataset transfer (when ``transfer_dataset`` is set) → results.json,
-predictions.npz, masks.npz, report.md, report.html and the plots, in the workdir.
+clean evaluation → success-filtered identification statistics, pooled over the prompts → every selector at every
+k with matched random controls (one per seed), and each prompt's own selection → deactivation matrices (and
+cross-prompt transfer) → gain sweep over α → agnostic Union / Mix / 2-Pass → beyond the paper, collateral damage:
+each mask's cost to the frozen LM's next-token loss on plain text → layer histograms and overlaps → cross-dataset
+transfer (when ``transfer_dataset`` is set) → :func:`analyze`: every number and each finding's verdict over its
+stability grid (:mod:`experiments.study.verdicts`) from the stored log-probs alone → results.json,
+predictions.npz, masks.npz, timings.json, report.md, report.html and the plots, in the workdir.
 """
 
 from __future__ import annotations
