@@ -70,3 +70,17 @@ def test_audio_longer_than_the_model_accepts_is_refused():
         features.audio_flamingo3([long])
     with pytest.raises(ValueError, match="Qwen2.5-Omni accepts at most 300 s"):
         features.qwen2_5_omni([long[: 301 * features.SAMPLE_RATE]])
+
+
+def test_features_do_not_depend_on_torch_being_installed():
+    """transformers computes the same log-mel with a torch STFT when torch is importable (the test extra) and a numpy
+    one otherwise; the study must get the numpy one either way. The reference: numpy's path called directly."""
+    from transformers import WhisperFeatureExtractor
+
+    clip = tone(2.0, seed=5)
+    ours = features.extractor(80)([clip], sampling_rate=16000, return_tensors="np")["input_features"][0]
+    plain = WhisperFeatureExtractor(feature_size=80, sampling_rate=16000, hop_length=160, n_fft=400)
+    padded = np.pad(clip, (0, 480000 - clip.size))
+    np.testing.assert_array_equal(ours, plain._np_extract_fbank_features(padded[None], "cpu")[0])
+    # With the test extra torch is installed, so transformers' own call takes the torch STFT: different numbers.
+    assert not np.array_equal(ours, plain([clip], sampling_rate=16000, return_tensors="np")["input_features"][0])
