@@ -55,11 +55,13 @@ def _quiet_nanmean(x, axis):
 
 
 def _ci(samples) -> list:
-    """The 95 % percentile interval of bootstrap samples [B] (None where undefined)."""
+    """The 95 % percentile interval of bootstrap samples [B] (None where undefined), rounded to 1e-12: the samples
+    are means of recall differences, whose float sums land ±1e-17 around an exact 0, and a rule asking for a CI
+    below 0 must not be decided by that rounding."""
     tail = (1 - 0.95) / 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return [num(q) for q in np.nanquantile(np.asarray(samples, np.float64), [tail, 1 - tail])]
+        return [num(round(q, 12)) for q in np.nanquantile(np.asarray(samples, np.float64), [tail, 1 - tail])]
 
 
 def resamples(n: int, cfg) -> np.ndarray:
