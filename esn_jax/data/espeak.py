@@ -1,8 +1,9 @@
 """eSpeak NG through ctypes, from the ``espeakng-loader`` wheel (it ships libespeak-ng and its data):
 no system package, no network.
 
-The library keeps one global synthesizer, so this module initialises it once per process; synthesis is
-deterministic for a given voice, text and parameters.
+The library keeps one global synthesizer, so this module initialises it once per process. Its random generator
+(the breath noise of variants such as ``+f2``, ``+f3``, ``+f5``) is seeded from the clock at initialisation, so
+every clip reseeds it: without that, those voices sound different in every process.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class _Engine:
         self.chunks: list[np.ndarray] = []
         self.callback = _CALLBACK(self._collect)  # kept on self: the library holds only a raw pointer
         self.lib.espeak_SetSynthCallback(self.callback)
+        self.lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
 
     def _collect(self, wav, n, _events):
         if n > 0:
@@ -45,10 +47,13 @@ def sample_rate() -> int:
     return _engine().sample_rate
 
 
-def synthesize(text: str, voice: str, *, pitch: int, range_: int, rate: int, volume: int) -> np.ndarray:
+def synthesize(text: str, voice: str, *, pitch: int, range_: int, rate: int, volume: int,
+               seed: int = 0) -> np.ndarray:
     """-> [N] int16 at :func:`sample_rate` (22050 Hz). ``voice``: an eSpeak NG name such as ``en-us+f3``;
-    pitch and range_ 0-100 (base pitch and its excursion), rate in words/minute, volume 0-200 (amplitude)."""
+    pitch and range_ 0-100 (base pitch and its excursion), rate in words/minute, volume 0-200 (amplitude);
+    seed: eSpeak NG's random generator (breath noise) for this clip."""
     engine = _engine()
+    engine.lib.espeak_ng_SetRandSeed(int(seed))
     if engine.lib.espeak_SetVoiceByName(voice.encode()) != 0:
         raise ValueError(f"eSpeak NG has no voice {voice!r}")
     for name, value in (("pitch", pitch), ("range", range_), ("rate", rate), ("volume", volume)):

@@ -20,7 +20,9 @@ separable. Voices: eSpeak NG English accents × its voice variants (``en-us+f3``
 templates. Splits: speaker(voice)-disjoint train/validation/test by a seeded permutation of the voices.
 Deterministic for a config when built in a fresh process (same seed -> the same waveforms, bit for bit):
 eSpeak NG carries state from one utterance to the next that its API does not reset, so a clip depends on
-the clips synthesized before it in the process, and the build order is fixed. Audio: 22.05 kHz synthesis
+the clips synthesized before it in the process, and the build order is fixed; its random generator (breath
+noise of the ``+f2``/``+f3``/``+f5`` variants) is reseeded for every clip from the clip's key (1.0.0 left it to the
+clock: those voices differed between builds). Audio: 22.05 kHz synthesis
 resampled to 16 kHz, stored as int16.
 
 Configs: ``small`` (default): 4 profiles × 10 voices × 20 sentences = 800 clips (6/2/2 voices);
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -85,8 +88,9 @@ def sentences(n: int, seed: int) -> list[str]:
 class SyntheticProsody(tfds.core.GeneratorBasedBuilder):
     """Planted prosody profiles spoken by eSpeak NG voices; the project's default corpus."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.0.1")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.0.1": "eSpeak NG's random generator reseeded per clip: breathy voices equal in every build."}
     BUILDER_CONFIGS = [
         SyntheticProsodyConfig(name="small", description="4 profiles x 10 voices x 20 sentences"),
         SyntheticProsodyConfig(name="large", voices=24, sentences=60, split_voices=(18, 3, 3),
@@ -125,9 +129,10 @@ class SyntheticProsody(tfds.core.GeneratorBasedBuilder):
             for (t, text), emotion in itertools.product(enumerate(texts), emotions.FOUR):
                 base = np.array(PROFILES[emotion]) + np.array([offset, 0, 0, 0])
                 pitch, range_, rate, volume = base + rng.integers(-np.array(_JITTER), np.array(_JITTER) + 1)
-                raw = espeak.synthesize(text, voice, pitch=int(np.clip(pitch, 0, 100)),
-                                        range_=int(np.clip(range_, 0, 100)), rate=rate, volume=volume)
-                wave = audio.resample(audio.to_float(raw), espeak.sample_rate())
                 key = f"{voice}/{t:03d}/{emotion}"
+                raw = espeak.synthesize(text, voice, pitch=int(np.clip(pitch, 0, 100)),
+                                        range_=int(np.clip(range_, 0, 100)), rate=rate, volume=volume,
+                                        seed=zlib.crc32(key.encode()))
+                wave = audio.resample(audio.to_float(raw), espeak.sample_rate())
                 yield key, {"audio": audio.to_int16(wave), "emotion": emotions.EMOTIONS.index(emotion),
                             "emotion4": emotions.FOUR.index(emotion), "label": emotion, "speaker": voice, "id": key}
