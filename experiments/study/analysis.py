@@ -152,7 +152,7 @@ def steering(labels, clean, esn, rnd, alphas, cfg) -> dict:
 
 
 def agnostic_preds(labels, clean, steer, union_mix) -> np.ndarray:
-    """[4, A, N] predictions of targeted, Union, Mix and 2-Pass injection (:data:`stages.STRATEGIES`) for one
+    """[4, A, N] predictions of targeted, Union, Mix and 2-Pass injection (:data:`STRATEGIES`) for one
     selector: steer [A, E, N] (each emotion's mask at each α: targeted picks the item's label's row, 2-Pass its
     clean prediction's), union_mix [2, A, N]."""
     items = np.arange(len(labels))

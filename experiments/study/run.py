@@ -61,7 +61,8 @@ def run(cfg, workdir, mesh=None) -> dict:
     with timer("statistics"):
         per_prompt = stages.stage_stats(ctx, "A", id_names)
     with timer("select"):
-        masks = stages.stage_select(ctx, "masks", *stages.pooled(per_prompt), ctx.ks)  # [S, K, 1 + R, E, L, I]
+        pooled_stats, pooled_grad = stages.pooled(per_prompt)
+        masks = stages.stage_select(ctx, "masks", pooled_stats, pooled_grad, ctx.ks)  # [S, K, 1 + R, E, L, I]
         prompt_masks = stages.stage_prompt_masks(ctx, per_prompt) if len(ctx.prompts) > 1 else None
     with timer("deactivate"):
         deact = stages.stage_deactivate(ctx, "deactivate/A", eval_names, masks)
@@ -83,7 +84,6 @@ def run(cfg, workdir, mesh=None) -> dict:
                   collateral_masked=text["masked"], unknown_share=float(text["unknown_share"]),
                   prompt_masks=prompt_masks, prompt_transfer=moved, **transfer)
     layers, neurons = esn_jax.model_dims(model.params)
-    pooled_stats = stages.pooled(per_prompt)[0]
     base = {
         "config": cfg.to_dict(), "config_hash": store.key,
         "model": {"name": model.name, "checkpoint": str(cfg.checkpoint), "labels": list(model.labels),

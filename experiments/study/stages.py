@@ -47,7 +47,6 @@ from esn_jax.selectors import attribution
 from experiments.study import adapters
 from ports import sharding
 
-STRATEGIES = ("targeted", "union", "mix", "two_pass")  # agnostic injection, as reported
 CRASH_ENV = "ESN_STUDY_CRASH_AFTER"  # "<stage>:<n>": exit abruptly after saving unit n (resume tests)
 
 
