@@ -4,10 +4,14 @@ Layers are scanned (``nn.scan``), so every parameter and every captured site car
 axis ``L``. Shapes use B = batch, T = sequence, H = hidden, N = query heads, K = key/value heads,
 D = head_dim, I = intermediate_size, V = vocab_size, P = prefix length.
 
-A *prefix* is the key/value cache of tokens that precede every row of a call (a prompt prefix shared by
-all clips): ``{"key", "value"}`` each [L, 1 or B, P, K, D], keys after RoPE. A call run with
-``mutable=["cache"]`` stores its own keys and values in that layout (see :func:`prefix_cache`); a later
-call given ``prefix=`` attends to them from every position, as if they were prepended to each row.
+A *prefix* is the key/value cache of tokens that precede every row of a call: ``{"key", "value"}`` each
+[L, 1 or B, P, K, D], keys after RoPE, and optionally ``"mask"`` [1 or B, P] (1 = a token the row may see;
+without it every slot is visible). It is the one cache structure of the project: the prompt prefix all
+clips share (:mod:`esn_jax.prefix`, no mask) and the generation cache (:mod:`esn_jax.generate`: a
+left-padded prompt plus ``N`` slots for generated tokens, filled one per step; the mask says which slots
+hold a token). A call run with ``mutable=["cache"]`` stores its own keys and values [L, B, T, K, D] (see
+:func:`prefix_cache`); a later call given ``prefix=`` attends to them from every position, as if they were
+prepended to each row, and :func:`write_cache` stores a step's keys and values into a slot.
 """
 
 from __future__ import annotations
@@ -140,9 +144,9 @@ class Decoder(nn.Module):
         continuations packed after one prompt; ``position_ids`` are then required.
         position_ids [B, T]; default ``cumsum(attention_mask) - 1`` so a padded row gets the positions it
         would have unpadded (transformers' bare forward uses 0..T-1 whatever the padding); after a
-        prefix of P tokens the default starts at P.
+        prefix the default starts at the number of prefix tokens the row sees (P without a mask).
         interventions: see :mod:`ports.sites`; None or {} runs the unedited model.
-        prefix: a key/value cache of P earlier tokens (see the module docstring), or None.
+        prefix: a key/value cache of P earlier slots (see the module docstring), or None.
         """
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
@@ -152,20 +156,25 @@ class Decoder(nn.Module):
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), jnp.int32)
         p = 0 if prefix is None else check_prefix(prefix, cfg, b)
+        seen = jnp.ones((b, p), bool)  # the prefix slots each row may see
+        if p and "mask" in prefix:
+            seen = jnp.broadcast_to(jnp.asarray(prefix["mask"], bool), (b, p))
         if attention_mask.ndim == 3 and position_ids is None:
             raise ValueError("a [B, T, T] attention_mask needs position_ids [B, T]")
         if position_ids is None:
-            position_ids = p + jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+            start = seen.sum(-1, dtype=jnp.int32)[:, None]
+            position_ids = start + jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
         interventions = dict(interventions or {})
         check_interventions(interventions, cfg.num_hidden_layers, (b, t), cfg.intermediate_size)
         causal = jnp.tril(jnp.ones((t, t), bool))
         visible = attention_mask.astype(bool)
         mask = causal[None] & (visible if visible.ndim == 3 else visible[:, None, :])
-        if p:  # every row may attend to the whole prefix
-            mask = jnp.concatenate([jnp.ones((b, t, p), bool), mask], axis=-1)
+        if p:
+            mask = jnp.concatenate([jnp.broadcast_to(seen[:, None, :], (b, t, p)), mask], axis=-1)
         mask = mask[:, None]
         cos, sin = rope_tables(position_ids, cfg.head_dim, cfg.rope_theta, self.dtype)
-        h, _ = self.layers(h, cos, sin, mask, interventions, prefix)
+        kv = None if prefix is None else {"key": prefix["key"], "value": prefix["value"]}  # scanned over L
+        h, _ = self.layers(h, cos, sin, mask, interventions, kv)
         return self.norm(h)
 
     def embed_inputs(self, input_ids):
@@ -177,15 +186,18 @@ class Decoder(nn.Module):
 
 
 def check_prefix(prefix, cfg: DecoderConfig, batch: int) -> int:
-    """P, the length of a prefix cache; raises unless both arrays are [L, 1 or B, P, K, D] for this model."""
-    if not isinstance(prefix, dict) or set(prefix) != {"key", "value"}:
-        raise ValueError(f"prefix must be a dict with 'key' and 'value'; got {type(prefix).__name__} "
+    """P, the length of a prefix cache; raises unless both arrays are [L, 1 or B, P, K, D] for this model and
+    the optional mask is [1 or B, P]."""
+    if not isinstance(prefix, dict) or not {"key", "value"} <= set(prefix) <= {"key", "value", "mask"}:
+        raise ValueError(f"prefix must be a dict of 'key', 'value' (optional 'mask'); got {type(prefix).__name__} "
                          f"{sorted(prefix) if isinstance(prefix, dict) else ''}")
     k, v = jnp.shape(prefix["key"]), jnp.shape(prefix["value"])
     expected = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
     if k != v or len(k) != 5 or (k[0], k[3], k[4]) != expected or k[1] not in (1, batch):
         raise ValueError(f"prefix key/value must be [L, 1 or B, P, K, D] with (L, K, D) = {expected} and B = {batch}; "
                          f"got key {k}, value {v}")
+    if "mask" in prefix and jnp.shape(prefix["mask"]) not in ((1, k[2]), (batch, k[2])):
+        raise ValueError(f"prefix mask must be [1 or B, P] = [1 or {batch}, {k[2]}]; got {jnp.shape(prefix['mask'])}")
     return k[2]
 
 
@@ -197,6 +209,30 @@ def prefix_cache(state) -> dict:
     if set(found) != {"key", "value"} or len(flat) != 2:
         raise ValueError(f"expected one decoder's self_attn key/value cache; got {sorted(flat)}")
     return found
+
+
+def empty_cache(cache, mask, slots: int) -> dict:
+    """A generation cache: ``cache`` {"key", "value"} [L, 1 or B, P, K, D] whose rows see ``mask`` [B, P],
+    followed by ``slots`` empty, unseen slots -> {"key", "value"} [L, B, P + slots, K, D], "mask" [B, P + slots]."""
+    b = mask.shape[0]
+
+    def grow(x):
+        x = jnp.broadcast_to(x, (x.shape[0], b, *x.shape[2:]))
+        return jnp.pad(x, ((0, 0), (0, 0), (0, slots), (0, 0), (0, 0)))
+
+    return {"key": grow(cache["key"]), "value": grow(cache["value"]),
+            "mask": jnp.pad(jnp.asarray(mask, bool), ((0, 0), (0, slots)))}
+
+
+def write_cache(cache, new, slot) -> dict:
+    """``cache`` with the keys and values of one step ``new`` {"key", "value"} [L, B, 1, K, D] (from
+    :func:`prefix_cache`) stored at ``slot`` (a scalar, traced or not) and that slot made visible."""
+    def put(x, y):
+        return jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), slot, axis=2)
+
+    return {"key": put(cache["key"], new["key"]), "value": put(cache["value"], new["value"]),
+            "mask": jax.lax.dynamic_update_slice_in_dim(
+                cache["mask"], jnp.ones((cache["mask"].shape[0], 1), bool), slot, axis=1)}
 
 
 class Qwen2ForCausalLM(nn.Module):
