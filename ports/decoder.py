@@ -7,7 +7,7 @@ D = head_dim, I = intermediate_size, V = vocab_size, P = prefix length.
 A *prefix* is the key/value cache of tokens that precede every row of a call: ``{"key", "value"}`` each
 [L, 1 or B, P, K, D], keys after RoPE, and optionally ``"mask"`` [1 or B, P] (1 = a token the row may see;
 without it every slot is visible). It is the one cache structure of the project: the prompt prefix all
-clips share (:mod:`esn_jax.prefix`, no mask) and the generation cache (:mod:`esn_jax.generate`: a
+clips share (:mod:`esn_jax.prefix`, no mask) and the generation cache (:mod:`esn_jax.decoding`: a
 left-padded prompt plus ``N`` slots for generated tokens, filled one per step; the mask says which slots
 hold a token). A call run with ``mutable=["cache"]`` stores its own keys and values [L, B, T, K, D] (see
 :func:`prefix_cache`); a later call given ``prefix=`` attends to them from every position, as if they were
