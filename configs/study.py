@@ -25,6 +25,7 @@ import ml_collections
 REFERENCE_DIR = str(Path(__file__).resolve().parent.parent / "esn_jax" / "reference" / "mini_lalm")
 SELECTORS = ("lap", "lape", "mad", "cas", "grad")  # the paper's four + gradient attribution
 MODELS = ("qwen2_5_omni", "audio_flamingo3", "kimi_audio")
+ANSWERS = ("score", "generate")
 # Prompt variants (``prompts=``): each a question wording and an order of the label words, asked in the model's own
 # chat layout. "asked" is the config's ``question`` (default: the checkpoint's reference.json, the wording the
 # mini-LALM's projector was trained with); the others are templates filled with the label words, reordered.
@@ -85,6 +86,12 @@ def defaults(local: bool = False, full: bool = False) -> dict:
         resamples=50 if full else 20,  # stratified resamples of the evaluation items in the stability grid
         bootstrap=50 if local else (1000 if full else 500),
         permutations=200 if local else (5000 if full else 2000),
+        # How the model answers: "score" ranks the label words' log-probs (constrained, the paper's way); "generate"
+        # lets it answer freely (greedy, answer_tokens tokens at most) and parses the answer to a label word
+        # (experiments/study/answers.py); the identification statistics are gathered the same way in both
+        answer="score",
+        answer_tokens=8,
+        says_tokens=24,  # the free answers of the report's "What the model says" (both modes)
         variant_chunk=16,  # interventions scored per compiled call
         seed=0,
     )
@@ -154,9 +161,12 @@ def validate(cfg) -> None:
             problems.append(f"random_seeds={cfg.random_seeds}: name each seed once")
         if any(a < -1 for a in parse_list("alphas", cfg.alphas)):
             problems.append(f"alphas={cfg.alphas}: a gain 1 + alpha must be >= 0")
+    if cfg.answer not in ANSWERS:
+        problems.append(f"answer={cfg.answer!r} (choose from {ANSWERS})")
     if cfg.view not in ("four", "full"):
         problems.append(f"view={cfg.view!r} (four or full)")
-    for key in ("batch_size", "bootstrap", "permutations", "variant_chunk", "resamples"):
+    for key in ("batch_size", "bootstrap", "permutations", "variant_chunk", "resamples", "answer_tokens",
+                "says_tokens"):
         if getattr(cfg, key) < 1:
             problems.append(f"{key}={getattr(cfg, key)} must be >= 1")
     if problems:

@@ -1,7 +1,9 @@
 """Metrics over predictions and masks (numpy; they run once per experiment, outside jit).
 
-Predictions and labels are int arrays [N] of class indices in [0, C). Recall of a class with no items
-is NaN and is left out of UAR; every other undefined quantity is NaN too, never a silent 0.
+Predictions and labels are int arrays [N] of class indices in [0, C); a prediction may also be
+:data:`NO_CLASS` (-1): an answer that names none of the classes (a free-form answer the parser could not map),
+wrong for every item and in no column of the confusion matrix. Recall of a class with no items is NaN and is
+left out of UAR; every other undefined quantity is NaN too, never a silent 0.
 
 Axes: N = items, C = classes (emotions), E = masks (one per emotion), A = α values, L, I as in ports.
 """
@@ -12,19 +14,22 @@ from collections.abc import Callable
 
 import numpy as np
 
+NO_CLASS = -1  # a prediction outside the classes
+
 
 def confusion(labels, preds, num_classes: int) -> np.ndarray:
-    """[C, C] counts; row = true label, column = prediction."""
+    """[C, C] counts; row = true label, column = prediction (predictions of no class are not counted)."""
     labels, preds = _pair(labels, preds, num_classes)
     out = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(out, (labels, preds), 1)
+    named = preds != NO_CLASS
+    np.add.at(out, (labels[named], preds[named]), 1)
     return out
 
 
 def recall(labels, preds, num_classes: int) -> np.ndarray:
     """Per-class recall [C]; NaN for a class without items."""
     cm = confusion(labels, preds, num_classes)
-    support = cm.sum(1)
+    support = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(support > 0, np.diag(cm) / support, np.nan)
 
@@ -44,7 +49,8 @@ def uar(labels, preds, num_classes: int) -> float:
 def macro_f1(labels, preds, num_classes: int) -> float:
     """Mean F1 over classes that occur as a label or a prediction (F1 = 0 where precision + recall = 0)."""
     cm = confusion(labels, preds, num_classes).astype(np.float64)
-    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    support = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
+    tp, predicted = np.diag(cm), cm.sum(0)
     occurs = (support + predicted) > 0
     f1 = 2 * tp[occurs] / (support[occurs] + predicted[occurs])
     return float(f1.mean())
@@ -151,7 +157,7 @@ def _pair(labels, preds, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     labels, preds = np.asarray(labels, np.int64), np.asarray(preds, np.int64)
     if labels.shape != preds.shape or labels.ndim != 1:
         raise ValueError(f"labels {labels.shape} and preds {preds.shape} must be [N] of one length")
-    for name, x in (("labels", labels), ("preds", preds)):
-        if x.size and (x.min() < 0 or x.max() >= num_classes):
-            raise ValueError(f"{name} must lie in [0, {num_classes})")
+    for name, x, low in (("labels", labels, 0), ("preds", preds, NO_CLASS)):
+        if x.size and (x.min() < low or x.max() >= num_classes):
+            raise ValueError(f"{name} must lie in [{low}, {num_classes})")
     return labels, preds

@@ -280,3 +280,19 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> dict
         raise ValueError("the tokenizer has no pad token; left padding a batch needs one")
     out = tokenizer(list(prompts), padding=True, padding_side="left", add_special_tokens=False, return_tensors="np")
     return {"input_ids": out["input_ids"].astype(np.int32), "attention_mask": out["attention_mask"].astype(np.int32)}
+
+
+# The tokens that end a model's text answer: ChatML's end of turn (Qwen2.5-Omni, Audio Flamingo 3, SmolLM2),
+# Kimi-Audio's text end, and the base models' end of text.
+END_OF_ANSWER = ("<|im_end|>", "<|im_kimia_text_eos|>", "<|endoftext|>")
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """The ids after which generation stops: the tokenizer's eos token and those of :data:`END_OF_ANSWER` it has."""
+    vocab = tokenizer.get_vocab()
+    ids = [tokenizer.eos_token_id, *(vocab.get(t) for t in END_OF_ANSWER)]
+    out = tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+    if not out:
+        raise ValueError("the tokenizer has no eos token and none of " + ", ".join(END_OF_ANSWER)
+                         + ": generation would not know where an answer ends")
+    return out

@@ -37,9 +37,12 @@ def _list(a) -> list:
 
 
 def classification(labels, preds, e: int) -> dict:
+    """Accuracy, UAR, macro-F1, recall and confusion; ``unparsed``: the share of answers that named no label (free
+    form; always 0 when labels are scored), each counted wrong and in no column of the confusion matrix."""
     return {"accuracy": num(metrics.accuracy(labels, preds)), "uar": num(metrics.uar(labels, preds, e)),
             "macro_f1": num(metrics.macro_f1(labels, preds, e)), "recall": _list(metrics.recall(labels, preds, e)),
-            "confusion": metrics.confusion(labels, preds, e).tolist()}
+            "confusion": metrics.confusion(labels, preds, e).tolist(),
+            "unparsed": num(np.mean(np.asarray(preds) == metrics.NO_CLASS))}
 
 
 def mean_specificity(labels, clean, masked, e: int) -> float:
@@ -154,9 +157,11 @@ def steering(labels, clean, esn, rnd, alphas, cfg) -> dict:
 def agnostic_preds(labels, clean, steer, union_mix) -> np.ndarray:
     """[4, A, N] predictions of targeted, Union, Mix and 2-Pass injection (:data:`STRATEGIES`) for one
     selector: steer [A, E, N] (each emotion's mask at each α: targeted picks the item's label's row, 2-Pass its
-    clean prediction's), union_mix [2, A, N]."""
+    clean prediction's; a clean answer that named no emotion gets no mask, so it stays as it was), union_mix
+    [2, A, N]."""
     items = np.arange(len(labels))
-    return np.stack([steer[:, labels, items], union_mix[0], union_mix[1], steer[:, clean, items]])
+    two_pass = np.where(clean == metrics.NO_CLASS, clean, steer[:, np.maximum(clean, 0), items])
+    return np.stack([steer[:, labels, items], union_mix[0], union_mix[1], two_pass])
 
 
 def agnostic(labels, clean, preds, alphas, e: int, strategies) -> dict:

@@ -4,7 +4,9 @@ results.json is a function of an :class:`Evidence` (:mod:`experiments.study.anal
 ``masks.npz`` alone, e.g. after perturbing every log-probability.
 
 Shapes: P prompts, S selectors, K ks, R random seeds, E emotions, A alphas, N items, L layers, I neurons,
-T plain-text prompts. Log-probs end in the label axis E; predictions are their argmax.
+T plain-text prompts. Log-probs end in the label axis E; predictions are their argmax. In free-form mode
+(``answer=generate``) the log-probs of a parsed answer are 0 for its label and −inf for the others, and −inf for
+every label when the answer names none (:mod:`experiments.study.answers`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from esn_jax.metrics import NO_CLASS
 
 # Two labels closer than this in log-probability are a near-tie: float differences between machines (about 1e-5)
 # can flip such an item's prediction.
@@ -69,7 +73,12 @@ class Evidence:
 
 
 def preds(logp) -> np.ndarray | None:
-    return None if logp is None else np.asarray(logp).argmax(-1)
+    """The argmax label of each evaluation; :data:`esn_jax.metrics.NO_CLASS` where every label's log-prob is −inf
+    (a free-form answer that names no label, see :mod:`experiments.study.answers`)."""
+    if logp is None:
+        return None
+    logp = np.asarray(logp)
+    return np.where(np.isneginf(logp).all(-1), NO_CLASS, logp.argmax(-1))
 
 
 def near_ties(ev: Evidence) -> dict[str, dict]:
@@ -80,7 +89,8 @@ def near_ties(ev: Evidence) -> dict[str, dict]:
         if logp is None:
             continue
         top = np.sort(np.asarray(logp, np.float64), axis=-1)
-        close = (top[..., -1] - top[..., -2]) < NEAR_TIE
+        with np.errstate(invalid="ignore"):  # free-form answers: −inf − −inf for the labels not named
+            close = (top[..., -1] - top[..., -2]) < NEAR_TIE
         out[name] = {"evaluations": int(close.size), "near_ties": int(close.sum()),
                      "share": float(close.mean())}
     return out

@@ -167,6 +167,7 @@ def blocks(r: dict) -> list[tuple]:
                  f"{'' if r['identification']['success_filter'] else ' — filter off'}), interventions on "
                  f"`{r['data']['eval_split']}` ({r['data']['eval_items']} items). Main k = {k}."),
            ("p", sizes(r["config"])),
+           ("p", answer_mode(r)),
            ("h", 2, "Findings"),
            ("p", verdicts.RULE.format(resamples=r["summary"]["grid"]["resamples"], holds=verdicts.HOLDS_FROM,
                                       fragile=verdicts.FRAGILE_FROM)),
@@ -175,7 +176,8 @@ def blocks(r: dict) -> list[tuple]:
             [[f["id"], f["claim"], f"**{f['verdict']}**", _stability(f), f["point_verdict"], f["evidence"]]
              for f in r["findings"]]),
            ("h", 2, "Clean evaluation"),
-           ("p", f"accuracy {c['accuracy']:.3f}, UAR {c['uar']:.3f}, macro-F1 {c['macro_f1']:.3f}."),
+           ("p", f"accuracy {c['accuracy']:.3f}, UAR {c['uar']:.3f}, macro-F1 {c['macro_f1']:.3f}"
+                 + (f", unparsed {c['unparsed']:.1%}." if r["answer"]["mode"] == "generate" else ".")),
            ("table", ["label", "recall", *[f"→ {w}" for w in labels]],
             [[w, _num(c["recall"][i], ".3f"), *map(str, c["confusion"][i])] for i, w in enumerate(labels)]),
            ("h", 2, "Deactivation (ablation) by selector and k"),
@@ -202,6 +204,7 @@ def blocks(r: dict) -> list[tuple]:
                                                                                  v["gap_ci_per_seed"], strict=True))]
               for s, v in r["steering"].items()]),
             ("img", "steering.png"),
+            *says_blocks(r),
             ("h", 2, "Agnostic vs targeted injection"),
             ("p", "ΔUAR vs the clean model per α. Targeted: each item gets its true emotion's mask (an oracle); "
                   "Union: all emotions' neurons; Mix: equal-weight mix; 2-Pass: the clean prediction's mask."),
@@ -229,6 +232,36 @@ def blocks(r: dict) -> list[tuple]:
     out.append(("p", "Every number is in results.json; predictions.npz and masks.npz hold the raw predictions and "
                      "masks they come from."))
     return out
+
+
+def answer_mode(r: dict) -> str:
+    a = r["answer"]
+    if a["mode"] == "generate":
+        return (f"Answers: free-form (greedy, at most {a['max_new_tokens']} new tokens), each mapped to a label by "
+                f"the parser fixed before any result: {a['parser']}. Every prediction below is a parsed answer; "
+                f"{r['clean']['unparsed']:.1%} of the clean answers named no label.")
+    return ("Answers: scored (each label word's log-probability after the prompt; the most likely label is the "
+            "prediction). `answer=generate` lets the model answer freely instead.")
+
+
+def says_blocks(r: dict) -> list[tuple]:
+    """"What the model says": one evaluation clip per emotion, its free answers clean and under interventions."""
+    w = r["says"]
+    out = [("h", 2, "What the model says"),
+           ("p", f"Free answers (greedy, at most {w['max_new_tokens']} new tokens) to one evaluation clip per emotion "
+                 f"under the first prompt: clean, with each emotion's {w['selector']} ESNs (k={w['k']}: "
+                 f"{', '.join(map(str, w['neurons']))} neurons) amplified ×(1+{w['alpha']:g}), with their matched "
+                 "random control amplified alike, and with the ESNs ablated. → the label the parser reads (— none).")]
+    for clip in w["clips"]:
+        clean, rest = clip["answers"][0], clip["answers"][1:]
+        out += [("p", f"Clip `{clip['id']}` (label **{clip['label']}**). Clean: {_said(clean)}"),
+                ("table", ["emotion", f"ESNs ×(1+{w['alpha']:g})", f"random ×(1+{w['alpha']:g})", "ESNs ablated"],
+                 [[emotion, *map(_said, rest[3 * j:3 * j + 3])] for j, emotion in enumerate(r["model"]["labels"])])]
+    return out
+
+
+def _said(answer: dict) -> str:
+    return f"“{answer['text']}” → {answer['parsed'] or '—'}"
 
 
 def prompt_blocks(r: dict) -> list[tuple]:

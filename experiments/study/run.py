@@ -22,7 +22,7 @@ import numpy as np
 
 import esn_jax
 from configs.study import parse_list
-from experiments.study import adapters, analysis, report, stages, verdicts
+from experiments.study import adapters, analysis, answers, report, stages, verdicts
 from experiments.study.evidence import Evidence, near_ties, preds
 
 
@@ -73,6 +73,8 @@ def run(cfg, workdir, mesh=None) -> dict:
         steer = stages.stage_steer(ctx, eval_names, masks)
     with timer("agnostic"):
         agn = stages.stage_agnostic(ctx, eval_names, masks)
+    with timer("says"):
+        says = stages.stage_says(ctx, eval_names[0], masks)
     with timer("collateral"):
         text = stages.stage_collateral(ctx, masks)
     transfer = {}
@@ -98,12 +100,15 @@ def run(cfg, workdir, mesh=None) -> dict:
                            "tokens": np.asarray(pooled_stats.tokens).tolist(), "success_filter": cfg.success_filter,
                            "site": cfg.site, "positions": cfg.positions, "pooled_over_prompts": len(ctx.prompts)},
     }
+    base["answer"] = {"mode": cfg.answer, "max_new_tokens": cfg.answer_tokens if cfg.answer == "generate" else None,
+                      "parser": answers.RULE if cfg.answer == "generate" else None}
+    base["says"] = _says(model, says, masks, ctx)
     if cfg.transfer_dataset:
         base["transfer"] = {"dataset": adapters.ensure_dataset(cfg.transfer_dataset, cfg.transfer_dataset_config,
                                                                cfg.data_dir, cfg.manual_dir)}
     with timer("analysis"):
         r = analyze(ev, base, cfg)
-    arrays = {**ev.arrays(), "ids": items["ids"], "clean_preds": ev.clean[0].argmax(-1),
+    arrays = {**ev.arrays(), "ids": items["ids"], "clean_preds": preds(ev.clean[0]),
               "collateral_input_ids": text["input_ids"], "collateral_attention_mask": text["attention_mask"]}
     with timer("report"):
         _write_npz(workdir / "predictions.npz", arrays)
@@ -169,6 +174,26 @@ def analyze(ev: Evidence, base: dict, cfg) -> dict:
 
 
 VERDICTS = ("holds", "fragile", "does not hold", "not tested")
+
+
+def _says(model, says: dict, masks: np.ndarray, ctx) -> dict:
+    """The "What the model says" table for results.json: every chosen clip's answers, as text and parsed."""
+    variants = stages.says_variants(model.labels, ctx.alphas[-1])
+    texts = answers.decode(model.tokenizer, says["ids"], says["lengths"])
+    per_clip = len(variants)
+    clips = []
+    for c, (item, label) in enumerate(zip(says["items"], says["labels"], strict=True)):
+        mine = texts[c * per_clip:(c + 1) * per_clip]
+        clips.append({"id": str(item), "label": model.labels[label], "answers": [
+            {"variant": v, "text": t, "parsed": _label_or_none(model.labels, answers.parse(t, model.labels))}
+            for v, t in zip(variants, mine, strict=True)]})
+    return {"selector": ctx.selectors[0], "k": _k_name(ctx.ks[ctx.cfg.main_k]), "alpha": ctx.alphas[-1],
+            "max_new_tokens": ctx.cfg.says_tokens, "neurons": masks[0, ctx.cfg.main_k, 0].sum((1, 2)).tolist(),
+            "clips": clips}
+
+
+def _label_or_none(labels, index: int) -> str | None:
+    return None if index < 0 else labels[index]
 
 
 def _transfer(ctx, masks_a: np.ndarray) -> dict[str, np.ndarray]:

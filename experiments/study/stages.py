@@ -44,8 +44,8 @@ import esn_jax
 from configs.study import parse_list
 from esn_jax import collateral, scoring
 from esn_jax.selectors import attribution
-from experiments.study import adapters
-from ports import sharding
+from experiments.study import adapters, answers
+from ports import prompts, sharding
 
 CRASH_ENV = "ESN_STUDY_CRASH_AFTER"  # "<stage>:<n>": exit abruptly after saving unit n (resume tests)
 
@@ -113,7 +113,10 @@ class Context:
 
     def score(self, batch: dict, interventions) -> np.ndarray:
         """Label log-probs [V, B, E] under V stacked interventions, ``variant_chunk`` variants per call (the last
-        chunk padded with copies) so that one compiled shape serves every stage; the encoders run once."""
+        chunk padded with copies) so that one compiled shape serves every stage; the encoders run once.
+
+        With ``answer=generate`` the model answers freely instead, and the log-probs are those of its parsed
+        answers (:func:`experiments.study.answers.as_logp`)."""
         v = jax.tree.leaves(interventions)[0].shape[0]
         chunk = min(self.cfg.variant_chunk, v)
         embedded = _embed(self.model.module, self.model.params, self.inputs(batch))
@@ -123,10 +126,24 @@ class Context:
             n = jax.tree.leaves(part)[0].shape[0]
             if n < chunk:
                 part = jax.tree.map(lambda x, n=n: np.concatenate([x, np.repeat(x[-1:], chunk - n, 0)]), part)
-            logp = esn_jax.score_variants(self.model.module, self.model.params, embedded, part,
-                                          self.model.label_token_ids)
+            if self.cfg.answer == "generate":
+                ids, lengths = self.generate(embedded, part, self.cfg.answer_tokens)
+                logp = answers.as_logp([answers.parse(t, self.model.labels)
+                                        for t in answers.decode(self.model.tokenizer, ids, lengths)],
+                                       self.num_emotions).reshape(*ids.shape[:2], -1)
+            else:
+                logp = esn_jax.score_variants(self.model.module, self.model.params, embedded, part,
+                                              self.model.label_token_ids)
             out.append(np.asarray(logp, np.float32)[:n])
         return np.concatenate(out)
+
+    def generate(self, embedded: dict, interventions, max_new_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy answers under V stacked interventions -> ids [V, B, N], lengths [V, B]."""
+        tokenizer = self.model.tokenizer
+        ids, lengths = esn_jax.generate(self.model.module, self.model.params, embedded, max_new_tokens, interventions,
+                                        stop_token_ids=prompts.stop_token_ids(tokenizer),
+                                        pad_token_id=tokenizer.pad_token_id)
+        return np.asarray(ids), np.asarray(lengths)
 
 
 _embed = jax.jit(scoring.embed, static_argnums=0)
@@ -184,8 +201,11 @@ _score_labels = jax.jit(esn_jax.score_labels, static_argnums=(0, 3))  # module a
 
 
 def stage_clean(ctx: Context, tag: str, names: list[list[str]]) -> np.ndarray:
-    """Clean label log-probs [P, N, E] of the real rows."""
+    """Clean label log-probs [P, N, E] of the real rows (of the parsed answers with ``answer=generate``)."""
     def fn(_, batch):
+        if ctx.cfg.answer == "generate":
+            layers, neurons = esn_jax.model_dims(ctx.model.params)
+            return {"logp": ctx.score(batch, esn_jax.ablate(np.zeros((1, layers, neurons), bool)))[0]}
         return {"logp": np.asarray(_score_labels(ctx.model.module, ctx.model.params, ctx.inputs(batch),
                                                  ctx.model.label_token_ids), np.float32)}
     return per_prompt(ctx, f"clean/{tag}", names, fn)["logp"]
@@ -329,6 +349,48 @@ def stage_agnostic(ctx: Context, names: list[list[str]], masks: np.ndarray) -> n
         logp = ctx.score(batch, edits)
         return {"logp": logp.reshape(len(chosen), 2, len(ctx.alphas), *logp.shape[1:])}
     return per_prompt(ctx, "agnostic", names, fn)["logp"]
+
+
+def says_variants(labels, alpha: float) -> list[str]:
+    """The names of :func:`stage_says`'s interventions, in its order."""
+    return ["clean"] + [name for emotion in labels for name in (
+        f"{emotion} ESNs ×(1+{alpha:g})", f"{emotion} random ×(1+{alpha:g})", f"{emotion} ESNs ablated")]
+
+
+def stage_says(ctx: Context, names: list[str], masks: np.ndarray) -> dict[str, np.ndarray]:
+    """What the model says, in both answer modes: the first evaluation clip of each emotion (under the first
+    prompt) answered freely (greedy, ``says_tokens`` tokens) clean, then for each emotion with its ESNs (the first
+    selector, main k) amplified at the largest α, with their matched random control (the first seed) amplified,
+    and with the ESNs ablated (:func:`says_variants`). -> ``ids`` [C, V, N], ``lengths`` [C, V], ``labels`` [C],
+    ``items`` [C] (item ids)."""
+    if not ctx.store.has("says"):
+        esn, control = masks[0, ctx.cfg.main_k, 0], masks[0, ctx.cfg.main_k, 1]  # [E, L, I]
+        top, site = ctx.alphas[-1], ctx.cfg.site
+        per_emotion = [(esn_jax.gain(m, top, site), esn_jax.gain(c, top, site), esn_jax.ablate(m, site))
+                       for m, c in zip(esn, control, strict=True)]
+        edits = esn_jax.stack([esn_jax.gain(np.zeros_like(esn[0]), top, site), *sum(per_emotion, ())])
+        found = {"ids": [], "lengths": [], "labels": [], "items": []}
+        seen = set()
+        for name in names:
+            batch = ctx.store.load(name)
+            rows = []
+            for i in np.flatnonzero(batch["valid"]):
+                if int(batch["labels"][i]) not in seen:
+                    seen.add(int(batch["labels"][i]))
+                    rows.append(i)
+            if not rows:
+                continue
+            embedded = _embed(ctx.model.module, ctx.model.params, ctx.inputs(batch))
+            ids, lengths = ctx.generate(embedded, edits, ctx.cfg.says_tokens)  # [V, B, N], [V, B]
+            found["ids"] += list(ids[:, rows].swapaxes(0, 1))
+            found["lengths"] += list(lengths[:, rows].T)
+            found["labels"] += [int(batch["labels"][i]) for i in rows]
+            found["items"] += [str(batch["ids"][i]) for i in rows]
+            if len(seen) == ctx.num_emotions:
+                break
+        order = np.argsort(found["labels"], kind="stable")
+        ctx.store.save("says", **{k: np.asarray(v)[order] for k, v in found.items()})
+    return ctx.store.load("says")
 
 
 # ---------------------------------------------------------------- beyond the paper: collateral damage

@@ -242,7 +242,8 @@ def test_stability_grid_and_float_noise(study):
     assert results["near_ties"]["deactivate"] == {"evaluations": int(np.prod(logp.shape[:-1])),
                                                   "near_ties": int((top[..., -1] - top[..., -2] < 1e-4).sum()),
                                                   "share": pytest.approx(np.mean(top[..., -1] - top[..., -2] < 1e-4))}
-    base = {k: results[k] for k in ("config", "config_hash", "model", "prompts", "data", "identification")}
+    base = {k: results[k] for k in ("config", "config_hash", "model", "prompts", "data", "identification", "answer",
+                                    "says")}
     base["transfer"] = {"dataset": results["transfer"]["dataset"]}
     again = analyze(ev, base, cfg)
     assert json.loads(json.dumps(again)) == json.loads((workdir / "results.json").read_text())  # from the arrays alone
@@ -344,6 +345,72 @@ def test_collateral_verdict_when_measured(study):
     md = report.markdown(report.collateral_blocks({**r, "collateral": c}))
     assert f"specific in this sense: {c['specific_at_main_k']}" in md
     assert md.count(f"| {first} |") == len(r["selectors"][first]["k"])  # one row per k
+
+
+def greedy_answers(model, batch: dict, max_new_tokens: int) -> list[str]:
+    """Every row's greedy answer to a stored batch, decoded: the study's free answers, computed directly."""
+    import esn_jax
+
+    ids, lengths = esn_jax.generate(model.module, model.params, adapters.model_inputs(batch), max_new_tokens,
+                                    stop_token_ids=prompts.stop_token_ids(model.tokenizer),
+                                    pad_token_id=model.tokenizer.pad_token_id)
+    return [model.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
+            for row, n in zip(np.asarray(ids), np.asarray(lengths), strict=True)]
+
+
+def test_what_the_model_says(study):
+    """One clip per emotion that has evaluation items, each with its answers under every intervention; the clean
+    answer is what greedy generation of that clip's batch writes, recomputed here."""
+    cfg, workdir, results = study
+    says, labels = results["says"], results["model"]["labels"]
+    present = set(np.load(workdir / "predictions.npz")["labels"].tolist())
+    assert [c["label"] for c in says["clips"]] == [w for i, w in enumerate(labels) if i in present]
+    alpha = f"{says['alpha']:g}"
+    variants = ["clean"] + [f"{w} {kind}" for w in labels
+                            for kind in (f"ESNs ×(1+{alpha})", f"random ×(1+{alpha})", "ESNs ablated")]
+    model = adapters.load_model(cfg)
+    by_id = {}
+    for path in sorted(workdir.glob("runs/*/batches/A_test_p0/0*.npz")):
+        batch = dict(np.load(path))
+        by_id |= dict(zip(batch["ids"].tolist(), greedy_answers(model, batch, says["max_new_tokens"]), strict=True))
+    md = (workdir / "report.md").read_text()
+    assert "## What the model says" in md
+    for clip in says["clips"]:
+        assert [a["variant"] for a in clip["answers"]] == variants
+        assert clip["answers"][0]["text"] == by_id[clip["id"]]
+        assert f"Clip `{clip['id']}` (label **{clip['label']}**)" in md
+
+
+def test_free_form_answers(env, tmp_path):
+    """answer=generate end to end: every prediction is the parser's reading of the greedy answer (recomputed here
+    from the stored batches), the unparsed answers are counted as wrong, and the report says the mode."""
+    from experiments.study import answers
+
+    ref, data_dir = env
+    cfg = get_config(study_args(ref, data_dir, answer="generate", answer_tokens=3, says_tokens=3, prompts="asked",
+                                selectors="lap", random_seeds="0"))
+    results = run(cfg, tmp_path)
+    model = adapters.load_model(cfg)
+    expected = []
+    for path in sorted(tmp_path.glob("runs/*/batches/A_test_p0/0*.npz")):
+        batch = dict(np.load(path))
+        texts = greedy_answers(model, batch, 3)
+        expected += [answers.parse(texts[r], model.labels) for r in np.flatnonzero(batch["valid"])]
+    expected = np.array(expected)
+    pred = np.load(tmp_path / "predictions.npz")
+    np.testing.assert_array_equal(pred["clean_preds"], expected)
+    labels = pred["labels"]
+    assert results["answer"]["mode"] == "generate" and results["answer"]["max_new_tokens"] == 3
+    assert results["clean"]["unparsed"] == pytest.approx(np.mean(expected == -1))
+    assert results["clean"]["accuracy"] == pytest.approx(np.mean(expected == labels))
+    e = len(model.labels)
+    deact = pred["deactivate_logp"][0, 0, 0, 0]  # [E, N, E]: the lap ESNs, each emotion's ablated
+    masked = np.where(np.isneginf(deact).all(-1), -1, deact.argmax(-1))
+    delta = np.stack([recall(labels, masked[m], e) - recall(labels, expected, e) for m in range(e)])
+    got = np.array(results["selectors"]["lap"]["k"][results["main_k"]]["deactivation"]["delta"], dtype=float)
+    np.testing.assert_allclose(got, delta, equal_nan=True)
+    md = (tmp_path / "report.md").read_text()
+    assert "Answers: free-form (greedy, at most 3 new tokens)" in md and "unparsed" in md
 
 
 def test_shipped_reference_with_success_filter(env, tmp_path):
