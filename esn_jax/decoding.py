@@ -81,6 +81,10 @@ def generate(module, params, batch: Mapping[str, Any], max_new_tokens: int, inte
     ref = batch["inputs_embeds"] if "inputs_embeds" in batch else batch["input_ids"]
     shape = tuple(np.shape(ref)[:2])
     _check_left_padded(batch.get("attention_mask"))
+    flat = [np.shape(leaf) for leaf in jax.tree.leaves(interventions)]
+    if any(len(s) < 3 for s in flat):  # an edit [L, I] without the variant axis would be read as L variants
+        raise ValueError(f"interventions need a leading variant axis V (edits [V, L, I] or [V, L, B, T, I]); got "
+                         f"edit shapes {flat}; for one intervention add it: jax.tree.map(lambda x: x[None], edits)")
     chunks, v = (None, None) if interventions is None else sweep.chunk_variants(
         params, interventions, shape, chunk_size)
     embedded = _embed(module, params, dict(batch))
