@@ -140,16 +140,22 @@ def _generate(module, params, embedded, chunks, key, settings: Settings):
     p = settings.prefix_length
     head, rest = prefix.split(embedded, p) if p else (None, embedded)
 
-    def one(edits):
+    def begin(edits):
         prompt_edits = edits if settings.edit_prompt else None
-        step_edits = generated_edits(edits) if settings.edit_generated else None
         shared = prefix.cache(module, params, head, prompt_edits or {}) if p else None
-        return decode(module, params, rest, shared, prompt_edits, step_edits, key, settings)
+        return prefill(module, params, rest, shared, prompt_edits, settings.max_new_tokens - 1)
+
+    def advance(edits, cache, tokens, positions, slot):
+        step_edits = generated_edits(edits) if settings.edit_generated else None
+        return step(module, params, cache, tokens, positions, slot, step_edits)
 
     if chunks is None:
-        return one(None)
-    ids, lengths = jax.lax.map(jax.vmap(one), chunks)  # [V / chunk, chunk, B, N], [V / chunk, chunk, B]
-    return ids.reshape(-1, *ids.shape[2:]), lengths.reshape(-1, *lengths.shape[2:])
+        return decode(begin, advance, None, key, settings)
+    # The variants are vmapped inside the loop rather than the loop over variants: a vmapped while_loop would
+    # select between old and new caches of every variant at every step.
+    batched = (jax.vmap(begin), jax.vmap(advance, in_axes=(0, 0, 0, 0, None)))
+    ids, lengths = jax.lax.map(lambda edits: decode(*batched, edits, key, settings), chunks)
+    return ids.reshape(-1, *ids.shape[2:]), lengths.reshape(-1, *lengths.shape[2:])  # [V, B, N], [V, B]
 
 
 def prefill(module, params, embedded: Mapping[str, Any], shared, interventions, slots: int):
@@ -189,41 +195,45 @@ def step(module, params, cache, tokens, positions, slot, interventions):
     return logits[:, 0], write_cache(cache, prefix_cache(state), slot)
 
 
-def decode(module, params, embedded, shared, prompt_edits, step_edits, key, settings: Settings):
-    """Prefill and the generation loop for one intervention -> ids [B, N], lengths [B]."""
+def decode(begin, advance, edits, key, settings: Settings):
+    """Prefill and the generation loop -> ids [..., B, N], lengths [..., B].
+
+    begin(edits) -> (logits [..., B, V], cache, positions [..., B]): :func:`prefill` (vmapped over variants when
+    the arrays have a leading variant axis); advance(edits, cache, tokens, positions, slot) -> (logits, cache):
+    :func:`step` likewise. The loop ends when every row of every variant has stopped.
+    """
     n, stops = settings.max_new_tokens, jnp.asarray(settings.stop_token_ids or (-1,), jnp.int32)
-    logits, cache, positions = prefill(module, params, embedded, shared, prompt_edits, n - 1)
-    first_slot = cache["mask"].shape[1] - (n - 1)
+    logits, cache, positions = begin(edits)
+    first_slot = cache["mask"].shape[-1] - (n - 1)
     token = choose(logits, key, 0, settings)
-    b = token.shape[0]
-    ids = jnp.full((b, n), settings.pad_token_id, jnp.int32).at[:, 0].set(token)
+    ids = jnp.full((*token.shape, n), settings.pad_token_id, jnp.int32).at[..., 0].set(token)
     done = jnp.isin(token, stops)
 
     def running(carry):
         i, _, done, *_ = carry
         return (i < n) & ~jnp.all(done)
 
-    def advance(carry):
+    def body(carry):
         i, token, done, ids, cache, positions = carry
-        logits, cache = step(module, params, cache, token, positions, first_slot + i - 1, step_edits)
+        logits, cache = advance(edits, cache, token, positions, first_slot + i - 1)
         token = jnp.where(done, settings.pad_token_id, choose(logits, key, i, settings))
-        return i + 1, token, done | jnp.isin(token, stops), ids.at[:, i].set(token), cache, positions + 1
+        return i + 1, token, done | jnp.isin(token, stops), ids.at[..., i].set(token), cache, positions + 1
 
     carry = (jnp.asarray(1), token, done, ids, cache, positions)
-    _, _, _, ids, _, _ = jax.lax.while_loop(running, advance, carry)
+    _, _, _, ids, _, _ = jax.lax.while_loop(running, body, carry)
     stopped = jnp.isin(ids, stops)
     lengths = jnp.where(stopped.any(-1), jnp.argmax(stopped, axis=-1) + 1, n).astype(jnp.int32)
     return ids, lengths
 
 
 def choose(logits, key, i, settings: Settings):
-    """The next token of every row from its logits [B, V] at step ``i`` (module docstring) -> [B] int32."""
-    logits = logits.astype(jnp.float32)
+    """The next token of every row from its logits [..., B, V] at step ``i`` (module docstring) -> [..., B] int32."""
+    logits = logits.astype(jnp.float32)  # [..., B, V]
     if settings.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     z = logits / settings.temperature
     if settings.top_p < 1:
-        ordered = jnp.sort(z, axis=-1)[:, ::-1]
+        ordered = jnp.sort(z, axis=-1)[..., ::-1]
         probs = jax.nn.softmax(ordered, axis=-1)
         before = jnp.cumsum(probs, axis=-1) - probs  # the mass of the more likely tokens
         cutoff = jnp.min(jnp.where(before < settings.top_p, ordered, jnp.inf), axis=-1, keepdims=True)

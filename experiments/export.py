@@ -22,6 +22,7 @@ from absl import app, flags
 import ports
 from esn_jax import interventions
 from esn_jax.reference import META, mini_lalm
+from experiments.study.evidence import esn_mask
 from ports import prompts
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", str(mini_lalm.DEFAULT_DIR),
@@ -34,20 +35,6 @@ _ALPHA = flags.DEFINE_float("alpha", -1.0, "Gain 1 + alpha on the neurons; -1 ab
 _OUT = flags.DEFINE_string("out", None, "Where to write our checkpoint.")
 _HF_OUT = flags.DEFINE_string("hf_out", None, "Also write the Hugging Face layout here.")
 flags.mark_flags_as_required(["masks", "emotion", "out"])
-
-
-def chosen_mask(masks_file: str, selector: str, k: float, emotion: str, labels: list[str]) -> np.ndarray:
-    """The study's ESN mask [L, I] of ``selector`` at ``k`` for ``emotion`` (a label word or an index)."""
-    z = np.load(masks_file)
-    selectors, ks = [str(s) for s in z["selectors"]], [float(x) for x in z["ks"]]
-    if selector not in selectors:
-        raise ValueError(f"selector {selector!r} is not in {masks_file}: {selectors}")
-    if k not in ks:
-        raise ValueError(f"k={k} is not in {masks_file}: {ks}")
-    e = int(emotion) if emotion.isdigit() else (labels.index(emotion) if emotion in labels else -1)
-    if not 0 <= e < z["masks"].shape[3]:
-        raise ValueError(f"emotion {emotion!r} is neither one of {labels} nor an index below {z['masks'].shape[3]}")
-    return z["masks"][selectors.index(selector), ks.index(k), 0, e]  # 0: the ESNs, not a random control
 
 
 def load(checkpoint: Path):
@@ -65,7 +52,7 @@ def load(checkpoint: Path):
 def main(argv):
     del argv
     model_name, module, params, tokenizer, meta = load(Path(_CHECKPOINT.value))
-    mask = chosen_mask(_MASKS.value, _SELECTOR.value, _K.value, _EMOTION.value, list(meta.get("labels", [])))
+    mask = esn_mask(_MASKS.value, _SELECTOR.value, _K.value, _EMOTION.value, list(meta.get("labels", [])))
     scale = np.asarray(interventions.gain(mask, _ALPHA.value)["gate_act"]["scale"])
     edited = ports.sites.fold(params, scale)
     out = ports.save(_OUT.value, model_name, module.config, edited)

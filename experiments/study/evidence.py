@@ -12,6 +12,7 @@ every label when the answer names none (:mod:`experiments.study.answers`).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -94,3 +95,34 @@ def near_ties(ev: Evidence) -> dict[str, dict]:
         out[name] = {"evaluations": int(close.size), "near_ties": int(close.sum()),
                      "share": float(close.mean())}
     return out
+
+
+def esn_mask(path: str, selector: str, k: float, emotion: str, labels,
+             dims: tuple[int, int] | None = None) -> np.ndarray:
+    """The ESN mask [L, I] of ``selector`` at ``k`` for ``emotion`` (a label word or an index) from a study's
+    masks.npz; a ValueError names the file and lists what it holds. labels: the model's label words (empty: the
+    emotion must be an index); dims: the model's (L, I), checked when given."""
+    try:
+        z = np.load(path)
+        masks, selectors, ks = z["masks"], [str(s) for s in z["selectors"]], [float(x) for x in z["ks"]]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"masks file {path} is not a study's masks.npz (masks, selectors, ks): {e}") from None
+    if masks.ndim != 6 or masks.shape[:2] != (len(selectors), len(ks)):
+        raise ValueError(f"masks file {path}: masks has shape {masks.shape}; expected [S={len(selectors)}, "
+                         f"K={len(ks)}, 1 + R, E, L, I]")
+    if selector not in selectors:
+        raise ValueError(f"masks file {path} has no selector {selector!r}; it has {selectors}")
+    found = [j for j, x in enumerate(ks) if math.isclose(x, k, rel_tol=1e-9)]
+    if not found:
+        raise ValueError(f"masks file {path} has no k={k:g}; it has k in {[float(f'{x:g}') for x in ks]}")
+    if labels and masks.shape[3] != len(labels):
+        raise ValueError(f"masks file {path} holds {masks.shape[3]} emotions but the model has {len(labels)} "
+                         f"label words {list(labels)}: the study ran with other labels (set the labels to the study's)")
+    e = int(emotion) if emotion.isdigit() else (labels.index(emotion) if emotion in labels else -1)
+    if not 0 <= e < masks.shape[3]:
+        raise ValueError(f"masks file {path} has no emotion {emotion!r}; it has {list(labels)} (or an index below "
+                         f"{masks.shape[3]})")
+    if dims is not None and masks.shape[-2:] != tuple(dims):
+        raise ValueError(f"masks file {path} has masks over [L, I] = {list(masks.shape[-2:])} neurons but the "
+                         f"model has {list(dims)}: it comes from a study of another model")
+    return masks[selectors.index(selector), found[0], 0, e]  # 0: the ESNs, not a random control
