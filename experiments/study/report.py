@@ -261,7 +261,8 @@ def says_blocks(r: dict) -> list[tuple]:
 
 
 def _said(answer: dict) -> str:
-    return f"“{answer['text']}” → {answer['parsed'] or '—'}"
+    text = answer["text"].replace("\r", "").replace("\n", "↵")  # one table cell per answer
+    return f"“{text}” → {answer['parsed'] or '—'}"
 
 
 def prompt_blocks(r: dict) -> list[tuple]:
