@@ -1,7 +1,8 @@
 r"""Benchmarks against the PyTorch + transformers hook baseline, on one machine in one run.
 
   python -m experiments.bench [--clips=4 --variants=8 --length=128] [--study_clips=4 --study_masks=8]
-      [--comparisons=sweep,peak,equal_work,study,study_mini,memory]
+      [--generate_clips=8 --generate_variants=8 --generate_tokens=16]
+      [--comparisons=sweep,peak,equal_work,study,study_mini,memory,generate]
 
 0. Sweep vs loop (issue 4's micro-benchmark): masks/second of our vmapped sweep against a Python loop
    of our own jitted scoring, one mask at a time, on a tiny random backbone.
@@ -25,6 +26,9 @@ r"""Benchmarks against the PyTorch + transformers hook baseline, on one machine 
    Hugging Face export run by transformers' AudioFlamingo3ForConditionalGeneration with down_proj hooks, mask
    by mask, encoder included. The loop is written as a careful PyTorch user would: inference mode, logits
    at the answer position only, and the two-token labels teacher-forced by continuing the prompt's KV cache.
+6. Generation on the mini-LALM: ``--generate_variants`` gain interventions × ``--generate_clips`` clips ×
+   ``--generate_tokens`` greedy tokens, one esn_jax.generate call against transformers' generate with down_proj
+   hooks, intervention by intervention; the ids must be identical (experiments/bench_generate.py).
 The last lines are the ratios, one per line, in a fixed format (those of the ``--comparisons`` run).
 """
 
@@ -46,6 +50,7 @@ from absl import app, flags
 import esn_jax
 import ports
 from esn_jax import prefix, scoring
+from experiments import bench_generate
 
 _CLIPS = flags.DEFINE_integer("clips", 4, "N: clips (prompts) per batch in the equal-work comparison")
 _VARIANTS = flags.DEFINE_integer("variants", 8, "V: masks in the equal-work comparison")
@@ -58,7 +63,10 @@ _STUDY_CLIPS = flags.DEFINE_integer("study_clips", 4, "clips of the mini-LALM st
 _STUDY_MASKS = flags.DEFINE_integer("study_masks", 8, "masks of the mini-LALM study-stage comparison: every "
                                     "emotion's ablation, then its gains at 0.5, 1, 2, 4, 8, in that order")
 _MINI_LALM = flags.DEFINE_string("mini_lalm", None, "mini-LALM directory (default: the shipped one)")
-COMPARISONS = ("sweep", "peak", "equal_work", "study", "study_mini", "memory")
+_GENERATE_CLIPS = flags.DEFINE_integer("generate_clips", 8, "clips of the mini-LALM generation comparison")
+_GENERATE_VARIANTS = flags.DEFINE_integer("generate_variants", 8, "interventions of the generation comparison")
+_GENERATE_TOKENS = flags.DEFINE_integer("generate_tokens", 16, "new tokens per row in the generation comparison")
+COMPARISONS = ("sweep", "peak", "equal_work", "study", "study_mini", "memory", "generate")
 _COMPARISONS = flags.DEFINE_multi_enum("comparisons", list(COMPARISONS), COMPARISONS, "which comparisons to run")
 
 # Qwen2.5-0.5B's shape (its config.json); the weights are random.
@@ -282,8 +290,10 @@ def study_stage(alphas=(0.5, 1.0, 2.0, 4.0, 8.0), clips: int = 8) -> dict[str, f
             "prediction_agreement": agree}
 
 
-def study_stage_mini(clips: int, variants: int, alphas=(0.5, 1.0, 2.0, 4.0, 8.0)) -> dict[str, float]:
-    """Seconds for ``variants`` ablation + gain masks on ``clips`` clips of the mini-LALM: ours and the hook loop."""
+def mini_lalm_clips(clips: int):
+    """The mini-LALM on ``clips`` clips of the tiny synthetic corpus, ours and its Hugging Face export: (module,
+    params, meta, inputs: our raw forward kwargs, left-padded, hf: transformers' AudioFlamingo3ForConditionalGeneration,
+    prompt: the same batch as transformers takes it, whole 30-s windows)."""
     import tensorflow_datasets as tfds
     import torch
     from transformers import AudioFlamingo3ForConditionalGeneration
@@ -304,6 +314,22 @@ def study_stage_mini(clips: int, variants: int, alphas=(0.5, 1.0, 2.0, 4.0, 8.0)
     del features["windows_per_clip"]
     texts = [mini_lalm.prompt(meta, int(n)) for n in features.pop("num_audio_tokens")]
     inputs = {**prompts.tokenize(tokenizer, texts), **features}
+    mask = inputs["attention_mask"]
+    frames, window = inputs["input_features"].shape[-1], module.config.audio.window_frames
+    prompt = {"input_ids": torch.as_tensor(inputs["input_ids"], dtype=torch.long),
+              "attention_mask": torch.as_tensor(mask),
+              "position_ids": torch.as_tensor(np.maximum(np.cumsum(mask, 1) - 1, 0)),  # as ours: real tokens only
+              # transformers' AF3 encoder takes whole 30-s windows: the pipeline's cut ones padded back, masked
+              **{k: torch.as_tensor(np.pad(inputs[k], [(0, 0)] * (inputs[k].ndim - 1) + [(0, window - frames)]))
+                 for k in ("input_features", "input_features_mask")}}
+    return module, params, meta, inputs, hf, prompt
+
+
+def study_stage_mini(clips: int, variants: int, alphas=(0.5, 1.0, 2.0, 4.0, 8.0)) -> dict[str, float]:
+    """Seconds for ``variants`` ablation + gain masks on ``clips`` clips of the mini-LALM: ours and the hook loop."""
+    import torch
+
+    module, params, meta, inputs, hf, prompt = mini_lalm_clips(clips)
     text = module.config.text
     stacked, scales = study_masks(text, len(meta["labels"]), alphas, variants)
     labels = meta["label_token_ids"]
@@ -313,12 +339,6 @@ def study_stage_mini(clips: int, variants: int, alphas=(0.5, 1.0, 2.0, 4.0, 8.0)
         layer.mlp.down_proj.register_forward_pre_hook(lambda _m, args, i=i: (args[0] * current[0][i],))
     mask = inputs["attention_mask"]
     frames, window = inputs["input_features"].shape[-1], module.config.audio.window_frames
-    prompt = {"input_ids": torch.as_tensor(inputs["input_ids"], dtype=torch.long),
-              "attention_mask": torch.as_tensor(mask),
-              "position_ids": torch.as_tensor(np.maximum(np.cumsum(mask, 1) - 1, 0)),  # as ours: real tokens only
-              # transformers' AF3 encoder takes whole 30-s windows: the pipeline's cut ones padded back, masked
-              **{k: torch.as_tensor(np.pad(inputs[k], [(0, 0)] * (inputs[k].ndim - 1) + [(0, window - frames)]))
-                 for k in ("input_features", "input_features_mask")}}
     # The labels' tokens after their first, teacher-forced: one continuation row per multi-token label (right-
     # padded to the longest), after the prompt's cached keys and values.
     multi = [j for j, ids in enumerate(labels) if len(ids) > 1]
@@ -494,7 +514,15 @@ def main(argv):
                   f"full cache {mem[('cache', clips)] / 2**20:8.1f} MiB")
         largest = max(counts)
         ratios["capture_memory_ratio"] = mem[("cache", largest)] / max(mem[("streaming", largest)], 1)
-    for name in ("ratio_equal_work", "ratio_study", "peak_fraction", "capture_memory_ratio", "ratio_study_mini"):
+
+    if "generate" in run:
+        module, params, _, inputs, hf, prompt = mini_lalm_clips(_GENERATE_CLIPS.value)
+        gen = bench_generate.compare(module, params, hf, inputs, prompt, variants=_GENERATE_VARIANTS.value,
+                                     tokens=_GENERATE_TOKENS.value, repeats=_REPEATS.value, chunk_size=_CHUNK.value)
+        print("\n".join(bench_generate.describe(gen)))
+        ratios["ratio_generate"] = gen["theirs_s"] / gen["ours_s"]
+    for name in ("ratio_equal_work", "ratio_study", "peak_fraction", "capture_memory_ratio", "ratio_study_mini",
+                 "ratio_generate"):
         if name in ratios:
             print(f"{name}={ratios[name]:.3f}")
 
