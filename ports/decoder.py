@@ -189,8 +189,8 @@ def check_prefix(prefix, cfg: DecoderConfig, batch: int) -> int:
     """P, the length of a prefix cache; raises unless both arrays are [L, 1 or B, P, K, D] for this model and
     the optional mask is [1 or B, P]."""
     if not isinstance(prefix, dict) or not {"key", "value"} <= set(prefix) <= {"key", "value", "mask"}:
-        raise ValueError(f"prefix must be a dict of 'key', 'value' (optional 'mask'); got {type(prefix).__name__} "
-                         f"{sorted(prefix) if isinstance(prefix, dict) else ''}")
+        raise ValueError(f"prefix must be a dict with 'key' and 'value' (and optionally 'mask'); got "
+                         f"{type(prefix).__name__} {sorted(prefix) if isinstance(prefix, dict) else ''}")
     k, v = jnp.shape(prefix["key"]), jnp.shape(prefix["value"])
     expected = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
     if k != v or len(k) != 5 or (k[0], k[3], k[4]) != expected or k[1] not in (1, batch):

@@ -206,6 +206,8 @@ def test_bad_prefix_is_named(tiny):
         module.apply({"params": params}, input_ids=ids, prefix={**good, "key": np.zeros((3, 2, 2, 2, 6))})
     with pytest.raises(ValueError, match="'key' and 'value'"):
         module.apply({"params": params}, input_ids=ids, prefix={"key": good["key"]})
+    with pytest.raises(ValueError, match=r"prefix mask must be \[1 or B, P\] = \[1 or 3, 2\]; got \(3, 5\)"):
+        module.apply({"params": params}, input_ids=ids, prefix={**good, "mask": np.ones((3, 5), bool)})
 
 
 def test_7b_parameter_count_matches_transformers():
