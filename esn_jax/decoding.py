@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from esn_jax import prefix, sweep
-from esn_jax.scoring import embed
+from esn_jax.scoring import embed_jitted
 from ports.decoder import empty_cache, prefix_cache, write_cache
 from ports.sites import Interventions
 
@@ -87,7 +87,7 @@ def generate(module, params, batch: Mapping[str, Any], max_new_tokens: int, inte
                          f"edit shapes {flat}; for one intervention add it: jax.tree.map(lambda x: x[None], edits)")
     chunks, v = (None, None) if interventions is None else sweep.chunk_variants(
         params, interventions, shape, chunk_size)
-    embedded = _embed(module, params, dict(batch))
+    embedded = embed_jitted(module, params, dict(batch))
     shareable = interventions is None or not edit_prompt or all(
         np.ndim(leaf) == 3 for leaf in jax.tree.leaves(interventions))  # [V, L, I]: every position alike
     p = prefix.shared_length(embedded) if share_prefix and shareable else 0
@@ -119,9 +119,6 @@ def _check_left_padded(mask) -> None:
     if bad.size:
         raise ValueError(f"generate needs left-padded prompts (padding, then the prompt up to T - 1); rows "
                          f"{bad.tolist()} have padding after a token")
-
-
-_embed = jax.jit(embed, static_argnums=0)
 
 
 def generated_edits(interventions: Interventions | None) -> dict:

@@ -72,6 +72,11 @@ def embed(module, params, batch: Mapping[str, Any]) -> dict:
     return out
 
 
+# The encoders as one compiled program, shared by every caller that embeds a batch before a sweep (the compile
+# cache lives on this object).
+embed_jitted = jax.jit(embed, static_argnums=0)
+
+
 def _extend_edits(interventions: Interventions, extra: int, length: int):
     """Fits position-specific edits ``[L, B, T, I]`` to ``extra`` tokens appended to the prompt: the appended
     (label) tokens get the identity edit; ``[L, I]``-style edits need nothing."""

@@ -45,7 +45,7 @@ def score_variants(module, params, batch: Mapping[str, Any], interventions: Inte
     """
     ref = batch["inputs_embeds"] if "inputs_embeds" in batch else batch["input_ids"]
     chunks, v = chunk_variants(params, interventions, tuple(np.shape(ref)[:2]), chunk_size)
-    embedded = _embed(module, params, dict(batch))
+    embedded = scoring.embed_jitted(module, params, dict(batch))
     position_independent = all(np.ndim(leaf) == 3 for leaf in jax.tree.leaves(interventions))  # [V, L, I]
     p = prefix.shared_length(embedded) if share_prefix and position_independent else 0
     out = _sweep(module, params, embedded, chunks, scoring.label_tokens(label_token_ids), p)
@@ -71,9 +71,6 @@ def chunk_variants(params, interventions: Interventions, shape: tuple[int, int],
     padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x,
                           interventions)
     return jax.tree.map(lambda x: x.reshape(-1, chunk, *x.shape[1:]), padded), v
-
-
-_embed = jax.jit(scoring.embed, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "label_token_ids", "prefix_length"))

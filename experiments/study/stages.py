@@ -29,6 +29,7 @@ B batch, T plain-text prompts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -119,7 +120,7 @@ class Context:
         answers (:func:`experiments.study.answers.as_logp`)."""
         v = jax.tree.leaves(interventions)[0].shape[0]
         chunk = min(self.cfg.variant_chunk, v)
-        embedded = _embed(self.model.module, self.model.params, self.inputs(batch))
+        embedded = scoring.embed_jitted(self.model.module, self.model.params, self.inputs(batch))
         out = []
         for start in range(0, v, chunk):
             part = jax.tree.map(lambda x, s=start: x[s:s + chunk], interventions)
@@ -137,16 +138,17 @@ class Context:
             out.append(np.asarray(logp, np.float32)[:n])
         return np.concatenate(out)
 
+    @functools.cached_property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        return prompts.stop_token_ids(self.model.tokenizer)  # read once, and only when the model generates
+
     def generate(self, embedded: dict, interventions, max_new_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """Greedy answers under V stacked interventions -> ids [V, B, N], lengths [V, B]."""
-        tokenizer = self.model.tokenizer
         ids, lengths = esn_jax.generate(self.model.module, self.model.params, embedded, max_new_tokens, interventions,
-                                        stop_token_ids=prompts.stop_token_ids(tokenizer),
-                                        pad_token_id=tokenizer.pad_token_id)
+                                        stop_token_ids=self.stop_token_ids,
+                                        pad_token_id=self.model.tokenizer.pad_token_id)
         return np.asarray(ids), np.asarray(lengths)
 
-
-_embed = jax.jit(scoring.embed, static_argnums=0)
 
 # ---------------------------------------------------------------- data
 
@@ -380,7 +382,7 @@ def stage_says(ctx: Context, names: list[str], masks: np.ndarray) -> dict[str, n
                     rows.append(i)
             if not rows:
                 continue
-            embedded = _embed(ctx.model.module, ctx.model.params, ctx.inputs(batch))
+            embedded = scoring.embed_jitted(ctx.model.module, ctx.model.params, ctx.inputs(batch))
             ids, lengths = ctx.generate(embedded, edits, ctx.cfg.says_tokens)  # [V, B, N], [V, B]
             found["ids"] += list(ids[:, rows].swapaxes(0, 1))
             found["lengths"] += list(lengths[:, rows].T)
