@@ -73,6 +73,19 @@ def chunk_variants(params, interventions: Interventions, shape: tuple[int, int],
     return jax.tree.map(lambda x: x.reshape(-1, chunk, *x.shape[1:]), padded), v
 
 
+def lower_sweep(module, params, embedded: Mapping[str, Any], chunks: Interventions,
+                label_token_ids: Sequence[Sequence[int]], prefix_length: int = 0) -> jax.stages.Lowered:
+    """The program :func:`score_variants` runs, lowered for these arguments without running it: what the memory
+    plan compiles (``.compile().memory_analysis()``). Every argument may be abstract (``jax.ShapeDtypeStruct``
+    leaves, with shardings); nothing is allocated.
+
+    embedded: the batch after the encoders (:func:`esn_jax.scoring.embed`): ``inputs_embeds`` [B, T, H],
+    ``attention_mask`` [B, T], ...; chunks: edits [C, chunk, ...] (C calls of ``chunk`` vmapped variants, see
+    :func:`chunk_variants`); prefix_length: P, the shared prompt prefix run once per variant (0: none).
+    """
+    return _sweep.lower(module, params, dict(embedded), chunks, scoring.label_tokens(label_token_ids), prefix_length)
+
+
 @functools.partial(jax.jit, static_argnames=("module", "label_token_ids", "prefix_length"))
 def _sweep(module, params, embedded, chunks, label_token_ids, prefix_length):
     head, rest = prefix.split(embedded, prefix_length) if prefix_length else (None, embedded)
