@@ -77,20 +77,6 @@ def embed(module, params, batch: Mapping[str, Any]) -> dict:
 embed_jitted = jax.jit(embed, static_argnums=0)
 
 
-def _extend_edits(interventions: Interventions, extra: int, length: int):
-    """Fits position-specific edits ``[L, B, T, I]`` to ``extra`` tokens appended to the prompt: the appended
-    (label) tokens get the identity edit; ``[L, I]``-style edits need nothing."""
-
-    def fit(site, kind, value):
-        value = jnp.asarray(value)
-        if value.ndim == 4 and value.shape[2] == length and extra:
-            pad = jnp.full((*value.shape[:2], extra, value.shape[3]), IDENTITY[kind], value.dtype)
-            value = jnp.concatenate([value, pad], axis=2)
-        return value
-
-    return map_edits(fit, interventions)
-
-
 def score_labels(module, params, batch: Mapping[str, Any], label_token_ids: Sequence[Sequence[int]],
                  interventions: Interventions | None = None, prefix=None) -> jnp.ndarray:
     """Log-probabilities of every label after the prompt: [B, N].
@@ -104,19 +90,26 @@ def score_labels(module, params, batch: Mapping[str, Any], label_token_ids: Sequ
     prefix: the key/value cache of tokens preceding every row (see :mod:`esn_jax.prefix`), or None.
     """
     labels = label_tokens(label_token_ids)
-    interventions = dict(interventions or {})
+    p = 0 if prefix is None else jnp.shape(prefix["key"])[2]
+    kw, positions, width = label_inputs(module, params, batch, labels, p)
+    logits = module.apply({"params": params}, **kw, interventions=fit_edits(interventions or {}, width),
+                          logits_positions=positions, prefix=prefix)
+    return read_labels(logits, labels)
+
+
+def label_inputs(module, params, batch: Mapping[str, Any], labels: LabelTokens,
+                 prefix_length: int = 0) -> tuple[dict, jnp.ndarray, int]:
+    """What one scoring forward takes: (the port's forward kwargs with the labels' teacher-forced tokens packed
+    after the prompt, the positions whose logits :func:`read_labels` reads [B, S], the width T + F of the rows).
+
+    Single-token labels need nothing appended: the kwargs are the batch's (S = 1, the answer position).
+    prefix_length: P, the slots of a prefix cache the rows will attend to (their positions start after them).
+    """
     answer = answer_positions(batch)
     model_kw = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
-    longest = max(len(ids) for ids in labels)
-    if longest == 1:
-        logits = module.apply({"params": params}, **model_kw, interventions=interventions,
-                              logits_positions=answer[:, None], prefix=prefix)
-        logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1)
-        return logp[:, jnp.asarray([ids[0] for ids in labels])]
-    return _score_multi_token(module, params, model_kw, labels, longest, answer, interventions, prefix)
-
-
-def _score_multi_token(module, params, model_kw, labels: LabelTokens, longest: int, answer, interventions, prefix):
+    if max(len(ids) for ids in labels) == 1:
+        ref = batch["inputs_embeds"] if "inputs_embeds" in batch else batch["input_ids"]
+        return model_kw, answer[:, None], ref.shape[1]
     # Every label's teacher-forced tokens (all but its last) are packed after the prompt in one row: label j's
     # tokens see the prompt and each other, never another label's. One forward of T + F tokens per prompt,
     # instead of one of T + M - 1 per prompt and label.
@@ -133,9 +126,8 @@ def _score_multi_token(module, params, model_kw, labels: LabelTokens, longest: i
                                 method="embed_answer").astype(x.dtype)
     mask = model_kw.get("attention_mask")
     mask = jnp.ones((b, t), jnp.int32) if mask is None else jnp.asarray(mask)
-    p = 0 if prefix is None else jnp.shape(prefix["key"])[2]
     pos = model_kw.get("position_ids")
-    pos = p + jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) if pos is None else jnp.asarray(pos)
+    pos = prefix_length + jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) if pos is None else jnp.asarray(pos)
     start = jnp.take_along_axis(pos, answer[:, None], axis=1) + 1
     seg = np.concatenate([np.zeros(t, np.int32), segment])
     same = (seg[None, :] == 0) | (seg[:, None] == seg[None, :])  # [T + F (query), T + F (key)]
@@ -145,11 +137,17 @@ def _score_multi_token(module, params, model_kw, labels: LabelTokens, longest: i
            "attention_mask": jnp.asarray(same)[None] & keys[:, None, :],
            "position_ids": jnp.concatenate([pos, start + jnp.asarray(offset)], axis=1)}
     positions = jnp.concatenate([answer[:, None], jnp.broadcast_to(t + jnp.arange(f), (b, f))], axis=1)
-    edits = _extend_edits(interventions, f, t)
-    logits = module.apply({"params": params}, **kw, interventions=edits, logits_positions=positions, prefix=prefix)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, 1 + F, vocab]
-    # Label j's token i is predicted at the answer (i = 0) or at its own forced token i - 1 (logit column
-    # 1 + offset of that token in the packed row).
+    return kw, positions, t + f
+
+
+def read_labels(logits, labels: LabelTokens) -> jnp.ndarray:
+    """Logits [B, S, V] at :func:`label_inputs`' positions -> each label's log-prob [B, N].
+
+    Label j's token i is predicted at the answer (i = 0, column 0) or at its own forced token i - 1 (column
+    1 + that token's offset in the packed row).
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    longest = max(len(ids) for ids in labels)
     where = np.zeros((len(labels), longest), np.int32)
     what = np.zeros((len(labels), longest), np.int32)
     valid = np.zeros((len(labels), longest), np.float32)
@@ -158,5 +156,19 @@ def _score_multi_token(module, params, model_kw, labels: LabelTokens, longest: i
         where[j, 1:len(ids)] = np.arange(first, first + len(ids) - 1)
         what[j, :len(ids)], valid[j, :len(ids)] = ids, 1.0
         first += len(ids) - 1
-    token_logp = logp[:, where, what]  # [B, N, M]
-    return (token_logp * valid).sum(-1)
+    return (logp[:, where, what] * valid).sum(-1)  # [B, N, M] summed over each label's tokens
+
+
+def fit_edits(interventions: Interventions, width: int) -> dict:
+    """Fits position-specific edits ``[L, B, T, I]`` to rows of ``width`` >= T tokens (the labels' tokens packed
+    after the prompt): the appended tokens get the identity edit; ``[L, I]``-style edits need nothing."""
+
+    def fit(site, kind, value):
+        value = jnp.asarray(value)
+        if value.ndim == 4 and value.shape[2] > 1 and value.shape[2] < width:
+            extra = width - value.shape[2]
+            pad = jnp.full((*value.shape[:2], extra, value.shape[3]), IDENTITY[kind], value.dtype)
+            value = jnp.concatenate([value, pad], axis=2)
+        return value
+
+    return map_edits(fit, dict(interventions))

@@ -56,33 +56,50 @@ def apply_rope(x, cos, sin):
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
+def at_positions(x, positions):
+    """x [B or 1, T, ...] at ``positions`` [B, S] -> [B, S, ...]."""
+    idx = positions.reshape(*positions.shape, *([1] * (x.ndim - 2)))
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
 class Attention(nn.Module):
     config: DecoderConfig
     dtype: jnp.dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x, cos, sin, mask, prefix=None):
-        """x [B, T, H], mask [B, 1, T, P + T] (True = may attend), prefix {"key", "value"} [1 or B, P, K, D]
-        or None -> [B, T, H]."""
+    def setup(self):
         cfg = self.config
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.dtype)
+        qkv = functools.partial(nn.Dense, use_bias=cfg.attention_bias, dtype=self.dtype, param_dtype=self.dtype)
+        self.q_proj = qkv(cfg.num_attention_heads * cfg.head_dim)
+        self.k_proj = qkv(cfg.num_key_value_heads * cfg.head_dim)
+        self.v_proj = qkv(cfg.num_key_value_heads * cfg.head_dim)
+        self.o_proj = nn.Dense(cfg.hidden_size, use_bias=cfg.o_proj_bias, dtype=self.dtype, param_dtype=self.dtype)
+
+    def keys_values(self, x, cos, sin):
+        """x [B, T, H] -> keys (after RoPE) and values [B, T, K, D]."""
+        cfg = self.config
         b, t, _ = x.shape
-        qkv = functools.partial(dense, use_bias=cfg.attention_bias)
-        q = qkv(cfg.num_attention_heads * cfg.head_dim, name="q_proj")(x)
-        k = qkv(cfg.num_key_value_heads * cfg.head_dim, name="k_proj")(x)
-        v = qkv(cfg.num_key_value_heads * cfg.head_dim, name="v_proj")(x)
-        q = apply_rope(q.reshape(b, t, cfg.num_attention_heads, cfg.head_dim), cos, sin)
-        k = apply_rope(k.reshape(b, t, cfg.num_key_value_heads, cfg.head_dim), cos, sin)
-        v = v.reshape(b, t, cfg.num_key_value_heads, cfg.head_dim)
+        k = apply_rope(self.k_proj(x).reshape(b, t, cfg.num_key_value_heads, cfg.head_dim), cos, sin)
+        return k, self.v_proj(x).reshape(b, t, cfg.num_key_value_heads, cfg.head_dim)
+
+    def __call__(self, x, cos, sin, mask, prefix=None, at=None):
+        """x [B, T, H], mask [B, 1, T, P + T] (True = may attend), prefix {"key", "value"} [1 or B, P, K, D]
+        or None -> [B, T, H]; or [B, S, H], the queries at positions ``at`` [B, S] only (keys at every one)."""
+        cfg = self.config
+        b, t, _ = x.shape
+        k, v = self.keys_values(x, cos, sin)
         if self.is_mutable_collection("cache") and not self.is_initializing():
             self.put_variable("cache", "key", k)
             self.put_variable("cache", "value", v)
+        if at is not None:
+            x, cos, sin = at_positions(x, at), at_positions(cos, at), at_positions(sin, at)
+            mask = jnp.take_along_axis(mask, at[:, None, :, None], axis=2)
+        q = apply_rope(self.q_proj(x).reshape(b, x.shape[1], cfg.num_attention_heads, cfg.head_dim), cos, sin)
         if prefix is not None:
             def prepend(cached, x):
                 return jnp.concatenate([jnp.broadcast_to(cached, (b, *cached.shape[1:])).astype(x.dtype), x], axis=1)
             k, v = prepend(prefix["key"], k), prepend(prefix["value"], v)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim**-0.5)
-        return dense(cfg.hidden_size, use_bias=cfg.o_proj_bias, name="o_proj")(out.reshape(b, t, -1))
+        return self.o_proj(out.reshape(b, x.shape[1], -1))
 
 
 class MLP(nn.Module):
@@ -91,29 +108,61 @@ class MLP(nn.Module):
     config: DecoderConfig
     dtype: jnp.dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x, interventions: Interventions):
-        """x [B, T, H] -> [B, T, H]; ``interventions`` holds this layer's slice of each edit."""
+    def setup(self):
         cfg = self.config
         dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype, param_dtype=self.dtype)
-        gate_act = Site(name="gate_act")(nn.silu(dense(cfg.intermediate_size, name="gate_proj")(x)),
-                                         interventions.get("gate_act"))
-        mlp_in = Site(name="mlp_in")(gate_act * dense(cfg.intermediate_size, name="up_proj")(x),
-                                     interventions.get("mlp_in"))
-        return dense(cfg.hidden_size, name="down_proj")(mlp_in)
+        self.gate_proj, self.up_proj = dense(cfg.intermediate_size), dense(cfg.intermediate_size)
+        self.down_proj = dense(cfg.hidden_size)
+        self.gate_act, self.mlp_in = Site(), Site()
+
+    def __call__(self, x, interventions: Interventions):
+        """x [B, T, H] -> [B, T, H]; ``interventions`` holds this layer's slice of each edit."""
+        return self.outputs(*self.inputs(x), interventions)
+
+    def inputs(self, x):
+        """What no edit changes: silu(gate_proj x) and up_proj x, each [B, T, I]."""
+        return nn.silu(self.gate_proj(x)), self.up_proj(x)
+
+    def outputs(self, gate, up, interventions: Interventions):
+        """The rest, from :meth:`inputs`' two arrays: the edited sites, then down_proj -> [B, T, H]."""
+        gate_act = self.gate_act(gate, interventions.get("gate_act"))
+        return self.down_proj(self.mlp_in(gate_act * up, interventions.get("mlp_in")))
 
 
 class DecoderLayer(nn.Module):
+    """Pre-norm attention and MLP, each added to the residual stream. Besides the whole layer (``__call__``) its
+    parts run alone, for forwards split where edits begin (:mod:`ports.split_decoder`): ``attend``, then
+    ``mlp_inputs``, then ``mlp_outputs``; ``keys_values`` is all another row needs of it."""
+
     config: DecoderConfig
     dtype: jnp.dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, h, cos, sin, mask, interventions: Interventions, prefix=None):
+    def setup(self):
         norm = functools.partial(RMSNorm, self.config.rms_norm_eps, self.dtype)
-        attention = Attention(self.config, self.dtype, name="self_attn")
-        h = h + attention(norm(name="input_layernorm")(h), cos, sin, mask, prefix)
-        h = h + MLP(self.config, self.dtype, name="mlp")(norm(name="post_attention_layernorm")(h), interventions)
-        return h, None
+        self.input_layernorm, self.post_attention_layernorm = norm(), norm()
+        self.self_attn = Attention(self.config, self.dtype)
+        self.mlp = MLP(self.config, self.dtype)
+
+    def __call__(self, h, cos, sin, mask, interventions: Interventions, prefix=None):
+        h = self.attend(h, cos, sin, mask, prefix)
+        return self.mlp_outputs(h, *self.mlp_inputs(h), interventions), None
+
+    def attend(self, h, cos, sin, mask, prefix=None, at=None):
+        """h [B, T, H] -> the residual stream after attention [B, T, H], or at positions ``at`` [B, S] only."""
+        out = self.self_attn(self.input_layernorm(h), cos, sin, mask, prefix, at)
+        return (h if at is None else at_positions(h, at)) + out
+
+    def keys_values(self, h, cos, sin):
+        """h [B, T, H] -> this layer's keys and values [B, T, K, D]."""
+        return self.self_attn.keys_values(self.input_layernorm(h), cos, sin)
+
+    def mlp_inputs(self, h):
+        """The residual stream after attention [B, T, H] -> the MLP's gate and up activations [B, T, I]."""
+        return self.mlp.inputs(self.post_attention_layernorm(h))
+
+    def mlp_outputs(self, h, gate, up, interventions: Interventions):
+        """The residual stream after the MLP [B, T, H], from the one after attention and :meth:`mlp_inputs`."""
+        return h + self.mlp.outputs(gate, up, interventions)
 
 
 class Decoder(nn.Module):
@@ -153,26 +202,11 @@ class Decoder(nn.Module):
             raise ValueError("pass exactly one of input_ids [B, T] or inputs_embeds [B, T, H]")
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
         b, t, _ = h.shape
-        if attention_mask is None:
-            attention_mask = jnp.ones((b, t), jnp.int32)
         p = 0 if prefix is None else check_prefix(prefix, cfg, b)
-        seen = jnp.ones((b, p), bool)  # the prefix slots each row may see
-        if p and "mask" in prefix:
-            seen = jnp.broadcast_to(jnp.asarray(prefix["mask"], bool), (b, p))
-        if attention_mask.ndim == 3 and position_ids is None:
-            raise ValueError("a [B, T, T] attention_mask needs position_ids [B, T]")
-        if position_ids is None:
-            start = seen.sum(-1, dtype=jnp.int32)[:, None]
-            position_ids = start + jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
         interventions = dict(interventions or {})
         check_interventions(interventions, cfg.num_hidden_layers, (b, t), cfg.intermediate_size)
-        causal = jnp.tril(jnp.ones((t, t), bool))
-        visible = attention_mask.astype(bool)
-        mask = causal[None] & (visible if visible.ndim == 3 else visible[:, None, :])
-        if p:
-            mask = jnp.concatenate([jnp.broadcast_to(seen[:, None, :], (b, t, p)), mask], axis=-1)
-        mask = mask[:, None]
-        cos, sin = rope_tables(position_ids, cfg.head_dim, cfg.rope_theta, self.dtype)
+        cos, sin, mask = attention_inputs(cfg, self.dtype, (b, t), attention_mask, position_ids,
+                                          None if prefix is None else prefix.get("mask", jnp.ones((1, p), bool)))
         kv = None if prefix is None else {"key": prefix["key"], "value": prefix["value"]}  # scanned over L
         h, _ = self.layers(h, cos, sin, mask, interventions, kv)
         return self.norm(h)
@@ -183,6 +217,32 @@ class Decoder(nn.Module):
     def attend(self, h):
         """Logits through the tied embedding matrix."""
         return self.embed_tokens.attend(h)
+
+
+def attention_inputs(cfg: DecoderConfig, dtype, shape: tuple[int, int], attention_mask=None, position_ids=None,
+                     seen=None):
+    """RoPE tables and the attention mask of a call on ``shape`` = (B, T) tokens -> cos, sin [B, T, D] and
+    mask [B, 1, T, P + T] (True = may attend).
+
+    attention_mask, position_ids: as :meth:`Decoder.__call__`; seen [1 or B, P]: the prefix slots each row may see
+    (None: no prefix).
+    """
+    b, t = shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), jnp.int32)
+    p = 0 if seen is None else seen.shape[-1]
+    seen = jnp.broadcast_to(jnp.ones((1, 0), bool) if seen is None else jnp.asarray(seen, bool), (b, p))
+    if attention_mask.ndim == 3 and position_ids is None:
+        raise ValueError("a [B, T, T] attention_mask needs position_ids [B, T]")
+    if position_ids is None:
+        start = seen.sum(-1, dtype=jnp.int32)[:, None]
+        position_ids = start + jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    visible = attention_mask.astype(bool)
+    mask = causal[None] & (visible if visible.ndim == 3 else visible[:, None, :])
+    mask = jnp.concatenate([jnp.broadcast_to(seen[:, None, :], (b, t, p)), mask], axis=-1)
+    cos, sin = rope_tables(position_ids, cfg.head_dim, cfg.rope_theta, dtype)
+    return cos, sin, mask[:, None]
 
 
 def check_prefix(prefix, cfg: DecoderConfig, batch: int) -> int:
@@ -257,6 +317,13 @@ class Qwen2ForCausalLM(nn.Module):
         h = self.model(input_ids, attention_mask, position_ids, inputs_embeds, interventions, prefix)
         if logits_positions is not None:
             h = jnp.take_along_axis(h, logits_positions[..., None], axis=1)
+        return self._head(h)
+
+    def logits(self, h):
+        """The last decoder layer's output [B, S, H] -> logits [B, S, V] (the final norm, then the head)."""
+        return self._head(self.model.norm(h))
+
+    def _head(self, h):
         return self.model.attend(h) if self.config.tie_word_embeddings else self.lm_head(h)
 
     def embed_inputs(self, input_ids):
@@ -274,3 +341,11 @@ class Qwen2ForCausalLM(nn.Module):
         multi-token label (for Kimi-Audio the answer also runs in its audio stream, as blanks).
         """
         return self.model.embed_inputs(answer_ids)
+
+
+def language_model(module, params) -> tuple[Qwen2ForCausalLM, dict]:
+    """The decoder with its head inside a port, and its parameters: the module itself for ``qwen2`` / ``llama``,
+    ``language_model`` for the LALMs (whose forward on ``inputs_embeds`` is that module's)."""
+    if isinstance(module, Qwen2ForCausalLM):
+        return module, params
+    return Qwen2ForCausalLM(module.config.text, module.dtype), params["language_model"]

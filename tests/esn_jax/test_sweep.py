@@ -54,3 +54,39 @@ def test_masks_that_do_not_fit_the_model_are_refused(tiny):
     with pytest.raises(ValueError, match="variant axis"):
         edits = {"gate_act": {"scale": np.ones((4, 2, 24)), "shift": np.zeros((3, 2, 24))}}
         sweep.score_variants(module, params, batch, edits, LABELS)
+
+
+@pytest.mark.parametrize("labels", [LABELS, ((9,), (1,))])
+def test_masks_of_the_last_layer_only_skip_the_layers_below(tiny, labels):
+    """Masks that touch layer 1 only: layer 0 and layer 1's attention run once per clip (cut 1), and every row
+    scores as the unsplit forward does (the first prompt tokens shared, so the prefix path runs too)."""
+    module, params = tiny
+    rng = np.random.default_rng(4)
+    ids = np.concatenate([np.full((3, 2), 7), rng.integers(0, 48, (3, 5))], axis=1).astype(np.int32)
+    batch = {"input_ids": ids}
+    masks = np.zeros((3, 2, 24), bool)
+    masks[:, 1] = rng.random((3, 24)) < 0.4
+    edits = iv.gain(masks, 3.0)
+    assert sweep.first_edited_layer(edits, 2) == 1
+    got = np.asarray(sweep.score_variants(module, params, batch, edits, labels))
+    for v in range(3):
+        want = score_labels(module, params, batch, labels, iv.gain(masks[v], 3.0))
+        np.testing.assert_allclose(got[v], np.asarray(want), rtol=1e-5, atol=1e-5)
+    clean = np.asarray(score_labels(module, params, batch, labels))
+    assert np.abs(got - clean).max() > 1e-3
+
+
+def test_the_split_layer_is_the_lowest_edited_one_rounded_down_to_a_power_of_two():
+    def edits(lowest):
+        scale = np.ones((2, 12, 5), np.float32)
+        if lowest is not None:
+            scale[1, lowest, 3] = 0.0
+        return {"gate_act": {"scale": scale, "shift": np.zeros((2, 12, 5), np.float32)}}
+
+    want = {0: 0, 1: 1, 2: 2, 3: 2, 5: 4, 8: 8, 11: 8, None: 8}  # nothing edited: the last layer, 11 -> 8
+    assert {k: sweep.first_edited_layer(edits(k), 12) for k in want} == want
+    shifted = {"mlp_in": {"shift": np.zeros((1, 12, 5), np.float32)}}
+    shifted["mlp_in"]["shift"][0, 6, 0] = 0.5
+    assert sweep.first_edited_layer(shifted, 12) == 4
+    traced = jax.jit(lambda e: jax.numpy.asarray(sweep.first_edited_layer(e, 12)))(edits(8))
+    assert int(traced) == 0  # values unknown at trace time: split at layer 0, valid for any edit
