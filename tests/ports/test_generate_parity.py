@@ -19,6 +19,7 @@ from transformers import AudioFlamingo3ForConditionalGeneration
 import esn_jax
 import ports
 from esn_jax.reference import mini_lalm
+from experiments.bench.common import scaled_down_proj
 from ports import prompts
 from ports.audio import output_lengths
 from tests.esn_jax.reference import test_mini_lalm
@@ -43,25 +44,6 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def scaled_down_proj(model, scale):
-    """transformers' ``model`` with layer l's ``mlp.down_proj`` input multiplied by ``scale[l]`` (scale [L, I], or
-    None for the unedited model); the hooks are removed on exit."""
-    if scale is None:
-        yield model
-        return
-    layers = model.get_decoder().layers
-    scale = torch.tensor(np.asarray(scale, np.float32))  # a copy: jax arrays are read-only
-    assert scale.shape[0] == len(layers)
-    handles = [layer.mlp.down_proj.register_forward_pre_hook(lambda _, args, s=s: (args[0] * s, *args[1:]))
-               for layer, s in zip(layers, scale, strict=True)]
-    try:
-        yield model
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def hf_generate(model, batch, n, stops, pad, scale=None):

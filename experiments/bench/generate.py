@@ -1,7 +1,6 @@
-r"""Generation under interventions: ``esn_jax.generate`` against transformers' ``generate`` with down_proj hooks.
-
-The ``generate`` comparison of ``python -m experiments.bench`` (which builds the mini-LALM and its Hugging Face
-export and passes them here; this module defines no flags, so tests import it):
+r"""Generation under interventions (``generate``): ``esn_jax.generate`` against transformers' ``generate`` with
+down_proj hooks, on the mini-LALM (:func:`experiments.bench.study_mini.mini_lalm_clips` builds it and its Hugging
+Face export; tests pass a tiny random Audio Flamingo 3):
 
 * ours: ONE call of ``esn_jax.generate`` for V stacked gain interventions on B clips: the encoder runs once per
   clip, the interventions are vmapped (``chunk_size`` at a time), greedy, a key/value cache, no stop token, so
@@ -19,7 +18,6 @@ Shapes: V = interventions, B = clips, N = new tokens, L = layers, I = neurons.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +26,7 @@ from typing import Any
 import numpy as np
 
 import esn_jax
+from experiments.bench import common
 
 SITE = "gate_act"  # enters down_proj linearly: a scale here is a pre-hook scaling down_proj's input
 
@@ -51,20 +50,6 @@ def check_identical(ours: np.ndarray, theirs: np.ndarray) -> int:
                           for v, b, n in where[:5])
         raise AssertionError(f"generated ids differ at {len(where)} of {ours.size} positions; first {first}")
     return ours.size
-
-
-@contextlib.contextmanager
-def scaled_down_proj(hf):
-    """Forward pre-hooks on every layer's mlp.down_proj scaling its input by ``current[0][layer]`` -> current
-    (a one-element list the caller sets to a scale [L, I] tensor); removed on exit."""
-    current = [None]
-    handles = [layer.mlp.down_proj.register_forward_pre_hook(lambda _m, args, i=i: (args[0] * current[0][i],))
-               for i, layer in enumerate(hf.model.language_model.layers)]
-    try:
-        yield current
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
@@ -94,6 +79,7 @@ def compare(module, params, hf, inputs: Mapping[str, Any], prompt: Mapping[str, 
     edits, scales = gain_masks(text.num_hidden_layers, text.intermediate_size, variants, fraction, alpha)
     prompt = {k: v for k, v in prompt.items() if k != "position_ids"}
     width = prompt["input_ids"].shape[1]
+    scales = torch.as_tensor(scales, device=hf.device)
 
     def ours(n=tokens):
         ids, _ = esn_jax.generate(module, params, inputs, n, edits, chunk_size=chunk_size)
@@ -102,8 +88,8 @@ def compare(module, params, hf, inputs: Mapping[str, Any], prompt: Mapping[str, 
     def theirs(current, n=tokens):
         out = []
         for scale in scales:
-            current[0] = torch.as_tensor(scale)
-            out.append(hf.generate(**prompt, do_sample=False, max_new_tokens=n)[:, width:].numpy())
+            current[0] = scale
+            out.append(hf.generate(**prompt, do_sample=False, max_new_tokens=n)[:, width:].cpu().numpy())
         return np.stack(out)
 
     threads, saved = len(os.sched_getaffinity(0)), torch.get_num_threads()
@@ -111,11 +97,12 @@ def compare(module, params, hf, inputs: Mapping[str, Any], prompt: Mapping[str, 
     try:
         first, ours_s, got = timed(ours, repeats)
         _, ours_prefill_s, _ = timed(lambda: ours(1), repeats)
-        with torch.inference_mode(), scaled_down_proj(hf) as current:
+        with torch.inference_mode(), common.scaled_down_proj(hf) as current:
             _, theirs_s, want = timed(lambda: theirs(current), repeats)
             _, theirs_prefill_s, _ = timed(lambda: theirs(current, 1), repeats)
-            _, encoder_s, _ = timed(lambda: hf.get_audio_features(prompt["input_features"],
-                                                                  prompt["input_features_mask"]), repeats)
+            _, encoder_s, _ = timed(lambda: (hf.get_audio_features(prompt["input_features"],
+                                                                   prompt["input_features_mask"]), common.sync()),
+                                    repeats)
     finally:
         torch.set_num_threads(saved)
     return {"ours_s": ours_s, "theirs_s": theirs_s, "compile_s": first - ours_s, "ours_prefill_s": ours_prefill_s,

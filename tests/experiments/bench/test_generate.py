@@ -1,10 +1,10 @@
-"""The bench's generation comparison (experiments.bench_generate), on a tiny random Audio Flamingo 3."""
+"""The bench's generation comparison (experiments.bench.generate), on a tiny random Audio Flamingo 3."""
 
 import numpy as np
 import pytest
 import torch
 
-from experiments import bench_generate
+from experiments.bench import generate
 from tests.ports.test_audio_flamingo3 import TEXT, convert_random, processor_counts, prompts, windows
 
 
@@ -20,14 +20,14 @@ def test_the_comparison_runs_both_sides_and_finds_their_ids_identical(tmp_path):
               "input_features": torch.as_tensor(feats), "input_features_mask": torch.as_tensor(fmask)}
     # Half the neurons at gain ×5, so that the interventions change what is written: theirs can only match
     # ours if its hooks scaled down_proj's input.
-    result = bench_generate.compare(module, params, hf, inputs, prompt, variants=2, tokens=3, repeats=1,
-                                    fraction=0.5, alpha=4.0)
+    result = generate.compare(module, params, hf, inputs, prompt, variants=2, tokens=3, repeats=1, fraction=0.5,
+                              alpha=4.0)
     assert result["ids"].shape == (2, 2, 3)
     assert result["identical"] == 2 * 2 * 3
     assert result["distinct"] > 2
     assert result["ours_s"] > 0 and result["theirs_s"] > 0
     assert not any(layer.mlp.down_proj._forward_pre_hooks for layer in hf.model.language_model.layers)
-    lines = bench_generate.describe(result)
+    lines = generate.describe(result)
     assert lines[1].startswith("generate ours=") and " theirs=" in lines[1]
 
 
@@ -37,7 +37,7 @@ def test_differing_ids_raise_naming_where():
     theirs[1, 0, 2] = 7
     with pytest.raises(AssertionError, match=r"at 1 of 12 positions; first \(variant 1, clip 0, token 2\): ours 0 "
                                              r"theirs 7"):
-        bench_generate.check_identical(ours, theirs)
+        generate.check_identical(ours, theirs)
     with pytest.raises(AssertionError, match="shape"):
-        bench_generate.check_identical(ours, theirs[..., :2])
-    assert bench_generate.check_identical(ours, ours.copy()) == 12
+        generate.check_identical(ours, theirs[..., :2])
+    assert generate.check_identical(ours, ours.copy()) == 12
