@@ -37,8 +37,8 @@ def below(module, params, inputs: Mapping[str, Any], head: Mapping[str, Any] | N
     cfg, layers = module.config, params["model"]["layers"]
     rows = _stream(module, inputs, None if head is None else head["inputs_embeds"].shape[1])
     shared = None if head is None else _stream(module, head, None)
-    rows["h"], h_head = _layers(module, _slice(layers, 0, cut), rows, shared, {})
-    layer = _slice(layers, cut, cut + 1, squeeze=True)
+    rows["h"], h_head = _layers(module, layers, 0, cut, rows, shared, {})
+    layer = _slice(layers, cut)
     last = cut == cfg.num_hidden_layers - 1
     kv = None
     if shared is not None:
@@ -58,15 +58,15 @@ def above(module, params, state: dict, interventions: Interventions, cut: int, p
     cfg, layers = module.config, params["model"]["layers"]
     last_index = cfg.num_hidden_layers - 1
     rows, shared = dict(state["rows"]), None if state["head"] is None else dict(state["head"])
-    layer = _slice(layers, cut, cut + 1, squeeze=True)
+    layer = _slice(layers, cut)
     if cut == last_index:
         return _call(module, layer, "mlp_outputs", rows["h"], *rows["mlp"], _edits_at(interventions, cut, positions))
-    edits = _slice(interventions, cut, cut + 1, squeeze=True)
+    edits = _slice(interventions, cut)
     rows["h"] = _call(module, layer, "mlp_outputs", rows["h"], *rows["mlp"], edits)
     h_head = None if shared is None else _call(module, layer, "mlp_outputs", shared["h"], *shared["mlp"], edits)
-    rows["h"], h_head = _layers(module, _slice(layers, cut + 1, last_index), rows, shared and {**shared, "h": h_head},
-                                _slice(interventions, cut + 1, last_index))
-    layer = _slice(layers, last_index, last_index + 1, squeeze=True)
+    rows["h"], h_head = _layers(module, layers, cut + 1, last_index, rows, shared and {**shared, "h": h_head},
+                                interventions)
+    layer = _slice(layers, last_index)
     kv = None if shared is None else _kv(module, layer, h_head, shared)
     h, _ = _attend(module, layer, rows["h"], rows, kv, positions)
     gate, up = _call(module, layer, "mlp_inputs", h)
@@ -98,14 +98,13 @@ def _kv(module, layer_params, h, stream: dict) -> dict:
     return {"key": key, "value": value}
 
 
-def _layers(module, layer_params, rows: dict, shared: dict | None, interventions: Interventions):
-    """Whole layers (stacked parameters [n, ...], edits [n, ...]) on the rows and the shared prefix -> both."""
-    if not jax.tree.leaves(layer_params) or jax.tree.leaves(layer_params)[0].shape[0] == 0:
-        return rows["h"], None if shared is None else shared["h"]
+def _layers(module, layers, lo: int, hi: int, rows: dict, shared: dict | None, interventions: Interventions):
+    """Whole layers lo .. hi-1 (of the stacked parameters and edits [L, ...]) on the rows and the shared prefix ->
+    both. Each step reads its layer out of the stack: slicing the stack first would copy those layers' weights."""
 
-    def one(carry, xs):
+    def one(carry, index):
         h, h_head = carry
-        p, edits = xs
+        p, edits = _slice((layers, interventions), index)
         kv = None
         if shared is not None:
             (h_head, _), state = _call(module, p, "__call__", h_head, shared["cos"], shared["sin"], shared["mask"],
@@ -115,13 +114,13 @@ def _layers(module, layer_params, rows: dict, shared: dict | None, interventions
         return (h, h_head), None
 
     h_head = jnp.zeros((0,)) if shared is None else shared["h"]
-    (h, h_head), _ = jax.lax.scan(one, (rows["h"], h_head), (layer_params, interventions))
+    (h, h_head), _ = jax.lax.scan(one, (rows["h"], h_head), jnp.arange(lo, hi))
     return h, None if shared is None else h_head
 
 
-def _slice(tree, lo: int, hi: int, squeeze: bool = False):
-    """Layers [lo, hi) of a tree with a leading layer axis (``squeeze``: the one layer lo, without the axis)."""
-    return jax.tree.map(lambda x: x[lo] if squeeze else x[lo:hi], tree)
+def _slice(tree, layer):
+    """Layer ``layer`` (static or traced) of a tree with a leading layer axis, without that axis."""
+    return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, layer, keepdims=False), tree)
 
 
 def _edits_at(interventions: Interventions, layer: int, positions) -> dict:
