@@ -1,13 +1,20 @@
-"""The memory plan: per device, for each real model on common GPU and TPU slices — parameters, statistics,
-activations of the scoring pass — and the largest batch × variants that fits (``experiments.memory_plan``).
+"""The memory plan: the largest scoring call (clips × variants) of each real model that fits a device, found by
+compiling the call (``python -m experiments.memory_plan``): on the devices at hand (``--here``, the accurate number)
+or, compiled on the CPU, for common GPU and TPU slices (the table, an estimate with a measured error margin).
 
-Nothing is typed by hand but the slices' memory sizes: parameter bytes come from ``jax.eval_shape`` and
-the sharding rules (:mod:`ports.sharding`); the activation bytes of one scoring pass come from XLA's own
-memory analysis of the compiled, sharded decoder forward (compiled for 8 CPU devices standing in for the
-accelerators; nothing is allocated) at two batch sizes, fitted as fixed + per-sequence bytes, compiled
-in float32 and scaled to the planned dtype (see :func:`activation_bytes`). Audio
-encoders run once per clip outside the variant axis and are counted in the parameters only; so is
-Kimi-Audio's GLM-4-Voice speech tokenizer (:data:`AUXILIARY`), whole and in float32 on every device.
+A call's bytes are those of the program :func:`esn_jax.score_variants` runs — the vmapped variant chunk, label scoring
+— compiled for the mesh with abstract parameters, nothing allocated (:mod:`esn_jax.sizing`), per device. It is planned
+with no shared prompt prefix (``prefix_length=0``, the larger program) and single-token labels, one per emotion. The
+model's statistics and Kimi-Audio's GLM-4-Voice speech tokenizer (:data:`AUXILIARY`, whole and in float32 on every
+device) add to it. The batch is fixed at ``clips`` per data shard and the variant chunk searched
+(:func:`esn_jax.sizing.largest_within`: false-position steps bracket it, bisection finishes): every size reported was
+compiled and fits, one variant more was compiled and does not (or is :data:`UPPER_CHUNK`).
+
+On the devices at hand the program is compiled in the planned dtype. For the table it is compiled on the CPU backend,
+8 fake devices standing in for a slice's, in float32 with the temporaries scaled to the planned dtype: the CPU backend
+upcasts bfloat16 matmuls (weights included) to float32 temporaries, which GPUs and TPUs do not, so a bfloat16 CPU
+compile overstates them by far more (README: "Scale"). :func:`h200_margin` compares this estimate with XLA's own
+temporaries of the same sweep on an H200 (:data:`H200_TEMP_GB`), which no CPU compile reproduces above ~800 sequences.
 """
 
 from __future__ import annotations
@@ -20,17 +27,22 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from esn_jax import sizing
 from ports import sharding
 from ports.audio import output_lengths
 from ports.models import abstract_params, spec
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
 GiB = 2**30
-HEADROOM = 0.9  # leave 10% of device memory to the runtime and fragmentation
 PROMPT_TOKENS = 64  # system prompt, question, chat markup around the audio placeholders
+UPPER_CHUNK = 1024  # the most variants per call the plan tries (8192 sequences at 8 clips)
+
+# XLA's compile-time temporary bytes (GB) of Audio Flamingo 3 7B's scoring sweep at 8 clips × 814 tokens in bfloat16,
+# by sequences (clips × variants), on one NVIDIA H200 (jax 0.11.2, CUDA), as reported in the issue (measured by
+# others, not here): 119 MB per sequence up to 768 sequences, 173 above; 928 sequences ran out of memory.
+H200_TEMP_GB = {128: 15.3, 256: 30.6, 512: 60.8, 768: 91.2, 928: 160.6, 1008: 174.5}
+H200_CLIPS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +76,9 @@ def auxiliary_bytes(model: str) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
 
 
-def real_config(model: str):
-    """The 7B config of ``model`` from configs/models (the Hugging Face config.json files)."""
-    main = json.loads((MODELS_DIR / f"{model}_7b.config.json").read_text())
+def real_config(model: str, path: str | Path | None = None):
+    """The config of ``model`` from a Hugging Face config.json: ``path``, default its 7B one in configs/models."""
+    main = json.loads(Path(path or MODELS_DIR / f"{model}_7b.config.json").read_text())
     subs = [json.loads((MODELS_DIR / "whisper_large_v3.config.json").read_text())] if spec(model).subfolders else []
     return spec(model).config_from_hf(main, *subs)
 
@@ -86,72 +98,156 @@ def decoder_of(config):
     return getattr(config, "text", config)
 
 
-def activation_bytes(model: str, config, mesh, length: int, dtype) -> tuple[float, float]:
-    """(fixed, per-sequence) temporary bytes per device of one scoring forward, from XLA's memory analysis.
+class Sweeps:
+    """Per-device bytes of one model's scoring calls for any mesh, batch and variant chunk; each compiled once.
 
-    The forward runs the decoder on inputs_embeds [b, T, H] with logits at the answer position only,
-    sharded as the study shards it (batch over ``data``, parameters by the rules). It is compiled in
-    float32 and scaled to ``dtype``'s size: the CPU backend standing in for the accelerators upcasts
-    bfloat16 matmuls (weights included) to float32 temporaries, which GPUs and TPUs do not.
+    estimate: compile in float32 and scale the temporaries to ``dtype`` (the CPU standing in for accelerators);
+    otherwise compile in ``dtype`` for the devices at hand.
     """
-    scale = np.dtype(dtype).itemsize / 4
-    fixed, per_seq = _float32_activation_bytes(model, config, mesh, length)
-    return fixed * scale, per_seq * scale
+
+    def __init__(self, model: str, config, length: int, dtype, emotions: int, estimate: bool = False):
+        decoder = decoder_of(config)
+        self.model, self.config, self.length, self.dtype = model, config, length, jnp.dtype(dtype)
+        self.compile_dtype = jnp.dtype(jnp.float32) if estimate else self.dtype
+        self.labels = tuple((e,) for e in range(emotions))
+        self.stats = emotions * decoder.num_hidden_layers * decoder.intermediate_size * 12  # int32 count + 2 float32
+        self.auxiliary = auxiliary_bytes(model)
+        self._abstract: dict = {}  # dtype -> (module, abstract parameters)
+        self._footprints: dict = {}  # (mesh shape, batch, chunk) -> Footprint
+
+    def params(self, mesh, dtype=None):
+        """(module, parameters as ShapeDtypeStructs sharded by the rules over ``mesh``) in ``dtype`` (default: the
+        planned one)."""
+        dtype = jnp.dtype(dtype or self.dtype)
+        if dtype not in self._abstract:
+            self._abstract[dtype] = abstract_params(self.model, self.config, dtype)
+        module, abstract = self._abstract[dtype]
+        shardings = sharding.param_shardings(abstract, mesh)
+        return module, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
+                                    shardings)
+
+    def param_bytes(self, mesh) -> int:
+        """Per device: the model's parameters in the planned dtype + the auxiliary network's."""
+        return sizing.argument_bytes(self.params(mesh)[1]) + self.auxiliary
+
+    def footprint(self, mesh, batch: int, chunk: int) -> sizing.Footprint:
+        """The sweep's bytes per device for ``batch`` prompts (all data shards) × ``chunk`` variants."""
+        key = (tuple(mesh.shape.items()), batch, chunk)
+        if key not in self._footprints:
+            module, params = self.params(mesh, self.compile_dtype)
+            f = sizing.sweep_footprint(module, params, batch, self.length, chunk, self.labels, mesh=mesh)
+            if self.compile_dtype != self.dtype:
+                planned = sizing.sweep_arguments(*self.params(mesh), batch, self.length, chunk, mesh=mesh)
+                scale = self.dtype.itemsize / self.compile_dtype.itemsize
+                f = dataclasses.replace(f, arguments=sizing.argument_bytes(planned),
+                                        temporaries=int(f.temporaries * scale))
+            self._footprints[key] = f
+        return self._footprints[key]
+
+    def bytes(self, mesh, batch: int, chunk: int) -> int:
+        """Everything the study holds per device during the call: the sweep + statistics + auxiliary network."""
+        return self.footprint(mesh, batch, chunk).total + self.stats + self.auxiliary
 
 
-def _float32_activation_bytes(model: str, config, mesh, length: int) -> tuple[float, float]:
-    dtype = jnp.dtype(jnp.float32)
-    module, abstract = abstract_params(model, config, dtype)
-    shardings = sharding.param_shardings(abstract, mesh)
-    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-    hidden = decoder_of(config).hidden_size
-    data = mesh.shape["data"]
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The largest call that fits: ``clips`` prompts (over all data shards) × ``chunk`` variants."""
 
-    def temp(per_device_batch: int) -> int:
-        b = per_device_batch * data
-        embeds = jax.ShapeDtypeStruct((b, length, hidden), dtype, sharding=NamedSharding(mesh, P("data")))
-        positions = jax.ShapeDtypeStruct((b, 1), jnp.int32, sharding=NamedSharding(mesh, P("data")))
-        forward = jax.jit(functools.partial(_score_forward, module))
-        return forward.lower(params, embeds, positions).compile().memory_analysis().temp_size_in_bytes
+    clips: int
+    chunk: int  # 0: not even one variant fits
+    bytes: int  # per device at ``chunk`` variants (at 1 when none fits)
+    next_bytes: int | None  # per device at chunk + 1 variants; None when chunk is 0 or the upper bound
+    budget: int
 
-    one, two = temp(1), temp(2)
-    return max(2 * one - two, 0), two - one
+    @property
+    def sequences(self) -> int:
+        return self.clips * self.chunk
 
 
-def _score_forward(module, params, inputs_embeds, logits_positions):
-    return module.apply({"params": params}, inputs_embeds=inputs_embeds, logits_positions=logits_positions)
+def plan(sweeps: Sweeps, mesh, clips: int, budget: int, upper: int = UPPER_CHUNK) -> Plan:
+    """The most variants per call on ``clips`` prompts per data shard within ``budget`` bytes per device."""
+    batch = clips * mesh.shape["data"]
+    chunk = sizing.largest_within(lambda c: sweeps.bytes(mesh, batch, c), budget, upper)
+    return Plan(batch, chunk, sweeps.bytes(mesh, batch, max(chunk, 1)),
+                sweeps.bytes(mesh, batch, chunk + 1) if 0 < chunk < upper else None, budget)
 
 
-def plan_rows(models, slices, seconds: float, dtype, emotions: int) -> list[dict]:
+def plan_here(model: str, config, mesh, budget: int, clips: int, length: int, dtype, emotions: int,
+              upper: int = UPPER_CHUNK) -> Plan:
+    """The plan for the devices of ``mesh``, compiled for them in ``dtype``; a ValueError when not even one
+    variant of ``clips`` prompts per data shard fits ``budget``, naming the budget and that program's bytes."""
+    p = plan(Sweeps(model, config, length, dtype, emotions), mesh, clips, budget, upper)
+    if not p.chunk:
+        raise ValueError(
+            f"{model}: a memory budget of {budget} bytes ({budget / 1e9:.3g} GB) per device is too small for one "
+            f"variant of {clips} clip(s) per data shard: the smallest program, {p.clips} × 1 sequence(s) of {length} "
+            f"tokens with the parameters and statistics, needs {p.bytes} bytes ({p.bytes / 1e9:.3g} GB) per device")
+    return p
+
+
+@functools.cache
+def table_sweeps(model: str, seconds: float, dtype, emotions: int, config_path: str | None = None) -> Sweeps:
+    """The table's (CPU-estimated) sweeps of a model (config: :func:`real_config`); shared by the rows and
+    :func:`h200_margin`."""
+    return Sweeps(model, real_config(model, config_path), sequence_length(model, seconds), dtype, emotions,
+                  estimate=True)
+
+
+def plan_rows(models, slices, seconds: float, dtype, emotions: int, clips: int = H200_CLIPS,
+              upper: int = UPPER_CHUNK, config_path: str | None = None) -> list[dict]:
+    """One row per model, slice and mesh (all devices on ``data``, or on ``model`` for multi-device slices),
+    estimated on this process's devices (8 CPU devices stand in for a slice's)."""
     rows = []
     for model in models:
-        config = real_config(model)
-        decoder = decoder_of(config)
-        length = sequence_length(model, seconds)
-        stats = emotions * decoder.num_hidden_layers * decoder.intermediate_size * 12  # int32 count + 2 float32
+        sweeps = table_sweeps(model, seconds, jnp.dtype(dtype), emotions, config_path)
         for sl in slices:
             for axis in ("data",) if sl.devices == 1 else ("data", "model"):
                 mesh = sharding.make_mesh(**{axis: sl.devices})
-                _, abstract = abstract_params(model, config, dtype)
-                params = sharding.bytes_per_device(abstract, sharding.param_shardings(abstract, mesh))
-                params += auxiliary_bytes(model)
-                fixed, per_seq = activation_bytes(model, config, mesh, length, dtype)
-                free = HEADROOM * sl.bytes_per_device - params - stats - fixed
-                per_device = max(int(free // per_seq), 0) if per_seq > 0 else 0
-                rows.append(dict(model=model, slice=sl.name, mesh=f"{axis}:{sl.devices}", tokens=length,
-                                 params_gb=params / 1e9, stats_mb=stats / 1e6, act_mb_per_seq=per_seq / 1e6,
-                                 fits=free > 0, max_seqs=per_device * (sl.devices if axis == "data" else 1)))
+                p = plan(sweeps, mesh, clips, int(sizing.HEADROOM * sl.bytes_per_device), upper)
+                rows.append(dict(model=model, slice=sl.name, mesh=f"{axis}:{sl.devices}", tokens=sweeps.length,
+                                 params_gb=sweeps.param_bytes(mesh) / 1e9, stats_mb=sweeps.stats / 1e6,
+                                 clips=p.clips, chunk=p.chunk, max_seqs=p.sequences, fits=p.chunk > 0,
+                                 gb=p.bytes / 1e9, next_gb=None if p.next_bytes is None else p.next_bytes / 1e9))
     return rows
 
 
-def markdown(rows: list[dict], seconds: float, dtype) -> str:
-    lines = [f"Per device, {np.dtype(dtype).name}, {seconds:g}-s clips; max sequences = batch × variants in one "
-             "compiled scoring call over the whole slice.", "",
-             "| model | slice | mesh | tokens/clip | params/device | stats | activations/sequence "
-             "| max batch × variants |",
-             "|---|---|---|---|---|---|---|---|"]
+def h200_margin(emotions: int = 7) -> list[tuple[int, float, float]]:
+    """The table's estimate against the H200's own compile (:data:`H200_TEMP_GB`): Audio Flamingo 3 7B's sweep at
+    the measured sizes, bfloat16, one device -> [(sequences, our temporaries GB, the H200's GB)]."""
+    sweeps = table_sweeps("audio_flamingo3", 30.0, jnp.dtype(jnp.bfloat16), emotions)
+    mesh = sharding.make_mesh(data=1)
+    return [(n, sweeps.footprint(mesh, H200_CLIPS, n // H200_CLIPS).temporaries / 1e9, gb)
+            for n, gb in H200_TEMP_GB.items()]
+
+
+def margin_text(margin: list[tuple[int, float, float]]) -> str:
+    errors = [(n, ours / theirs - 1) for n, ours, theirs in margin]
+    within = [e for n, e in errors if n <= 768]
+    above = ", ".join(f"{e:+.0%} at {n}" for n, e in errors if n > 768)
+    return (f"vs the H200's own compile of Audio Flamingo 3's sweep (XLA's temporaries at 8 clips × 814 tokens, "
+            f"bfloat16, measured by others): {min(within):+.1%} … {max(within):+.1%} up to 768 sequences, {above} "
+            "sequences, where the H200's compiler jumps from 119 to 173 MB per sequence and no CPU compile does: "
+            "above ~800 sequences on a GPU, plan with `--here` on it")
+
+
+def markdown(rows: list[dict], seconds: float, dtype, margin: list[tuple[int, float, float]] | None = None) -> str:
+    backend = jax.default_backend()
+    lines = [f"Per device, {np.dtype(dtype).name}, {seconds:g}-s clips, no shared prefix; the largest call = clips × "
+             f"variants of one compiled scoring call over the whole slice ({H200_CLIPS} clips per data shard), "
+             "compiled and fitting 90% of a device, one variant more compiled and not fitting (bytes in brackets). "
+             f"Compiled for {backend} ({jax.device_count()} {backend} devices standing in for a slice's), in float32"
+             + ("" if np.dtype(dtype) == np.float32 else f" with the temporaries scaled to {np.dtype(dtype).name}")
+             + (f"; {margin_text(margin)}." if margin else "."), "",
+             "| model | slice | mesh | tokens/clip | params/device | stats | largest call: clips × variants "
+             "| sequences | bytes/device (one more variant) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        fit = f"{r['max_seqs']}" if r["fits"] else "does not fit"
+        if r["fits"]:
+            size = f"{r['clips']} × {r['chunk']}"
+            more = "upper bound" if r["next_gb"] is None else f"{r['next_gb']:.1f} GB"
+            used = f"{r['gb']:.1f} GB ({more})"
+        else:
+            size, used = "does not fit", f"{r['gb']:.1f} GB at {r['clips']} × 1"
         lines.append(f"| {r['model']} | {r['slice']} | {r['mesh']} | {r['tokens']} | {r['params_gb']:.1f} GB | "
-                     f"{r['stats_mb']:.0f} MB | {r['act_mb_per_seq']:.0f} MB | {fit} |")
+                     f"{r['stats_mb']:.0f} MB | {size} | {r['max_seqs'] if r['fits'] else '—'} | {used} |")
     return "\n".join(lines)

@@ -1,4 +1,12 @@
-"""The memory plan's pieces against direct measurements (tests run with 8 CPU devices: tests/conftest.py)."""
+"""The memory plan's pieces against direct compiles (tests run with 8 CPU devices: tests/conftest.py). The script
+defines flags, so it runs as a subprocess (tests/experiments/test_scripts.py)."""
+
+import functools
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +14,11 @@ import numpy as np
 import pytest
 
 import ports
+from esn_jax import sizing
 from experiments import memory as memory_plan
 from ports import sharding
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY = ports.DecoderConfig(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, head_dim=16)
@@ -25,23 +36,6 @@ def test_sequence_lengths_follow_the_token_rates():
     assert memory_plan.sequence_length("kimi_audio", 30) == 375 + memory_plan.PROMPT_TOKENS
 
 
-@pytest.mark.parametrize("axis", ["data", "model"])
-def test_activation_fit_predicts_a_third_batch_size(axis):
-    mesh = sharding.make_mesh(**{axis: 4})
-    fixed, per_seq = memory_plan.activation_bytes("qwen2", TINY, mesh, 48, jnp.dtype(jnp.float32))
-    assert per_seq > 0
-    module, abstract = ports.models.abstract_params("qwen2", TINY, jnp.float32)
-    shardings = sharding.param_shardings(abstract, mesh)
-    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-    b = 5 * mesh.shape["data"]
-    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    compiled = jax.jit(lambda p, e, q: module.apply({"params": p}, inputs_embeds=e, logits_positions=q)).lower(
-        params, jax.ShapeDtypeStruct((b, 48, 64), jnp.float32, sharding=data),
-        jax.ShapeDtypeStruct((b, 1), jnp.int32, sharding=data)).compile()
-    measured = compiled.memory_analysis().temp_size_in_bytes
-    assert fixed + 5 * per_seq == pytest.approx(measured, rel=0.25)
-
-
 def test_parameter_bytes_are_the_shards_actually_placed():
     mesh = sharding.make_mesh(data=2, model=4)
     module = ports.Qwen2ForCausalLM(TINY)
@@ -52,14 +46,70 @@ def test_parameter_bytes_are_the_shards_actually_placed():
     assert sharding.bytes_per_device(params, sharding.param_shardings(params, mesh)) == on_device_0
 
 
+
+
+def stats_bytes(config, emotions: int) -> int:
+    """The statistics the study holds: per emotion, layer and neuron an int32 count and two float32 moments."""
+    return emotions * config.num_hidden_layers * config.intermediate_size * (4 + 4 + 4)
+
+
+@functools.cache
+def direct_bytes(config, dtype, mesh, clips: int, length: int, chunk: int, emotions: int) -> int:
+    """Per device: the sweep of ``clips`` prompts per data shard × ``chunk`` variants, compiled here by
+    esn_jax.sizing with one single-token label per emotion, + the statistics."""
+    module, abstract = ports.models.abstract_params("qwen2", config, dtype)
+    shardings = sharding.param_shardings(abstract, mesh)
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    labels = tuple((e,) for e in range(emotions))
+    batch = clips * mesh.shape["data"]
+    return sizing.sweep_bytes(module, params, batch, length, chunk, labels, mesh=mesh) + stats_bytes(config, emotions)
+
+
+def test_the_answer_fits_and_one_variant_more_does_not():
+    mesh = sharding.make_mesh(data=2, model=2)
+    args = (TINY, jnp.dtype(jnp.float32), mesh, 2, 24)
+    budget = (direct_bytes(*args, 3, 4) + direct_bytes(*args, 4, 4)) // 2
+    plan = memory_plan.plan_here("qwen2", TINY, mesh, budget, 2, 24, jnp.float32, 4, upper=4)
+    assert plan.clips == 2 * mesh.shape["data"]
+    assert plan.chunk > 0 and plan.sequences == plan.clips * plan.chunk
+    assert direct_bytes(*args, plan.chunk, 4) == plan.bytes <= budget
+    assert direct_bytes(*args, plan.chunk + 1, 4) == plan.next_bytes > budget
+
+
+def test_a_budget_too_small_for_one_sequence_is_named():
+    mesh = sharding.make_mesh(data=1)
+    smallest = direct_bytes(TINY, jnp.dtype(jnp.float32), mesh, 1, 24, 1, 4)
+    with pytest.raises(ValueError, match=f"budget of 1000 bytes .* needs {smallest} bytes"):
+        memory_plan.plan_here("qwen2", TINY, mesh, 1000, 1, 24, jnp.float32, 4, upper=8)
+
+
+def test_here_on_this_machine_prints_the_largest_call(tmp_path):
+    """The script on its own process's one CPU device, bfloat16, 1-s clips, 2 clips per call."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY.to_hf()))
+    length = memory_plan.sequence_length("qwen2", 1.0)
+    mesh = sharding.make_mesh(data=1)
+    two, three = (direct_bytes(TINY, jnp.dtype(jnp.bfloat16), mesh, 2, length, n, 7) for n in (2, 3))
+    run = subprocess.run([sys.executable, "-m", "experiments.memory_plan", "--here", "--model=qwen2",
+                          f"--model_config={config}", "--clip_seconds=1", "--clips=2", "--max_variants=4",
+                          f"--memory_budget={(two + three) // 2}"], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "compiled for cpu" in run.stdout
+    assert re.search(rf"^qwen2: 2 clips × 2 variants = 4 sequences of {length} tokens per call; {two} bytes",
+                     run.stdout, re.M), run.stdout
+    assert f"3 variants need {three} bytes" in run.stdout
+
+
 def test_plan_of_a_real_model():
+    """The table's rows of Qwen2.5-Omni 7B (compiled on the CPU, a chunk of at most one variant tried)."""
     slices = (memory_plan.Slice("one 80 GB", 1, 80e9), memory_plan.Slice("eight 16 GiB", 8, 16 * 2**30))
-    rows = memory_plan.plan_rows(("qwen2_5_omni",), slices, 30.0, jnp.dtype(jnp.bfloat16), 4)
+    rows = memory_plan.plan_rows(("qwen2_5_omni",), slices, 30.0, jnp.dtype(jnp.bfloat16), 4, upper=1)
     assert [(r["slice"], r["mesh"]) for r in rows] == [("one 80 GB", "data:1"), ("eight 16 GiB", "data:8"),
                                                        ("eight 16 GiB", "model:8")]
     whole, split = rows[1]["params_gb"], rows[2]["params_gb"]
-    assert whole > 16 and split < whole / 7  # 8.3B bf16 parameters do not fit a 16 GiB chip unsplit
-    assert not rows[1]["fits"] and rows[2]["fits"] and rows[2]["max_seqs"] > 0
+    assert 16 < whole < 18 and split < whole / 7  # 8.3B bf16 parameters do not fit a 16 GiB chip unsplit
+    assert not rows[1]["fits"] and rows[2]["fits"] and rows[2]["max_seqs"] == 8 == rows[0]["max_seqs"]
+    assert rows[0]["next_gb"] is None  # the upper bound
     assert "does not fit" in memory_plan.markdown(rows, 30.0, jnp.bfloat16)
 
 
@@ -72,7 +122,14 @@ def test_kimi_rows_hold_the_speech_tokenizer():
     assert memory_plan.auxiliary_bytes("kimi_audio") == 4 * count
     assert memory_plan.auxiliary_bytes("qwen2_5_omni") == 0
     one = (memory_plan.Slice("one 80 GB", 1, 80e9),)
-    rows = {m: memory_plan.plan_rows((m,), one, 30.0, jnp.dtype(jnp.bfloat16), 4)[0] for m in ("kimi_audio",)}
+    row = memory_plan.plan_rows(("kimi_audio",), one, 30.0, jnp.dtype(jnp.bfloat16), 4, upper=1)[0]
     _, abstract = memory_plan.abstract_params("kimi_audio", memory_plan.real_config("kimi_audio"), jnp.bfloat16)
     kimi = sum(x.size * 2 for x in jax.tree.leaves(abstract))
-    assert rows["kimi_audio"]["params_gb"] * 1e9 == pytest.approx(kimi + 4 * count)
+    assert row["params_gb"] * 1e9 == pytest.approx(kimi + 4 * count)
+    assert row["gb"] * 1e9 > kimi + 4 * count  # the call's bytes hold the parameters, the tokenizer's among them
+
+
+def test_margin_is_stated_against_the_h200():
+    margin = [(128, 15.6, 15.3), (768, 91.0, 91.2), (928, 110.0, 160.6)]
+    text = memory_plan.margin_text(margin)
+    assert "-0.2% … +2.0% up to 768 sequences" in text and "-32% at 928" in text and "--here" in text
