@@ -43,6 +43,7 @@ UPPER_CHUNK = 1024  # the most variants per call the plan tries (8192 sequences 
 # others, not here): 119 MB per sequence up to 768 sequences, 173 above; 928 sequences ran out of memory.
 H200_TEMP_GB = {128: 15.3, 256: 30.6, 512: 60.8, 768: 91.2, 928: 160.6, 1008: 174.5}
 H200_CLIPS = 8
+H200_LINEAR_UP_TO = 768  # sequences per device: the largest measured call whose temporaries the CPU compile matched
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +51,13 @@ class Slice:
     name: str
     devices: int
     bytes_per_device: float
+    gpu: bool = False  # planned with the H200's jump above H200_LINEAR_UP_TO sequences per device (gpu_jump)
 
 
 SLICES = (
-    Slice("1× H100 80GB", 1, 80e9),
-    Slice("8× H100 80GB", 8, 80e9),
-    Slice("1× H200 141GB", 1, 141e9),
+    Slice("1× H100 80GB", 1, 80e9, gpu=True),
+    Slice("8× H100 80GB", 8, 80e9, gpu=True),
+    Slice("1× H200 141GB", 1, 141e9, gpu=True),
     Slice("TPU v5e-8 (16 GiB/chip)", 8, 16 * GiB),
     Slice("TPU v4-8 (32 GiB/chip)", 4, 32 * GiB),
     Slice("TPU v5p-8 (95 GiB/chip)", 4, 95 * GiB),
@@ -164,12 +166,22 @@ class Plan:
         return self.clips * self.chunk
 
 
-def plan(sweeps: Sweeps, mesh, clips: int, budget: int, upper: int = UPPER_CHUNK) -> Plan:
-    """The most variants per call on ``clips`` prompts per data shard within ``budget`` bytes per device."""
+def plan(sweeps: Sweeps, mesh, clips: int, budget: int, upper: int = UPPER_CHUNK, jump: float | None = None) -> Plan:
+    """The most variants per call on ``clips`` prompts per data shard within ``budget`` bytes per device.
+
+    jump: for a GPU estimated on the CPU, the factor on the temporaries of calls of more than
+    :data:`H200_LINEAR_UP_TO` sequences per device (:func:`gpu_jump`); None: the compiled bytes as they are.
+    """
     batch = clips * mesh.shape["data"]
-    chunk = sizing.largest_within(lambda c: sweeps.bytes(mesh, batch, c), budget, upper)
-    return Plan(batch, chunk, sweeps.bytes(mesh, batch, max(chunk, 1)),
-                sweeps.bytes(mesh, batch, chunk + 1) if 0 < chunk < upper else None, budget)
+
+    def size(chunk):
+        total = sweeps.bytes(mesh, batch, chunk)
+        if jump and clips * chunk > H200_LINEAR_UP_TO:
+            total += int(sweeps.footprint(mesh, batch, chunk).temporaries * (jump - 1))
+        return total
+
+    chunk = sizing.largest_within(size, budget, upper)
+    return Plan(batch, chunk, size(max(chunk, 1)), size(chunk + 1) if 0 < chunk < upper else None, budget)
 
 
 def plan_here(model: str, config, mesh, budget: int, clips: int, length: int, dtype, emotions: int,
@@ -194,16 +206,18 @@ def table_sweeps(model: str, seconds: float, dtype, emotions: int, config_path: 
 
 
 def plan_rows(models, slices, seconds: float, dtype, emotions: int, clips: int = H200_CLIPS,
-              upper: int = UPPER_CHUNK, config_path: str | None = None) -> list[dict]:
+              upper: int = UPPER_CHUNK, config_path: str | None = None, jump: float | None = None) -> list[dict]:
     """One row per model, slice and mesh (all devices on ``data``, or on ``model`` for multi-device slices),
-    estimated on this process's devices (8 CPU devices stand in for a slice's)."""
+    estimated on this process's devices (8 CPU devices stand in for a slice's); GPU slices with ``jump``
+    (:func:`gpu_jump`)."""
     rows = []
     for model in models:
         sweeps = table_sweeps(model, seconds, jnp.dtype(dtype), emotions, config_path)
         for sl in slices:
             for axis in ("data",) if sl.devices == 1 else ("data", "model"):
                 mesh = sharding.make_mesh(**{axis: sl.devices})
-                p = plan(sweeps, mesh, clips, int(sizing.HEADROOM * sl.bytes_per_device), upper)
+                p = plan(sweeps, mesh, clips, int(sizing.HEADROOM * sl.bytes_per_device), upper,
+                         jump if sl.gpu else None)
                 rows.append(dict(model=model, slice=sl.name, mesh=f"{axis}:{sl.devices}", tokens=sweeps.length,
                                  params_gb=sweeps.param_bytes(mesh) / 1e9, stats_mb=sweeps.stats / 1e6,
                                  clips=p.clips, chunk=p.chunk, max_seqs=p.sequences, fits=p.chunk > 0,
@@ -220,14 +234,22 @@ def h200_margin(emotions: int = 7) -> list[tuple[int, float, float]]:
             for n, gb in H200_TEMP_GB.items()]
 
 
+def gpu_jump(margin: list[tuple[int, float, float]]) -> float:
+    """How many times the CPU estimate's temporaries the H200 needed above :data:`H200_LINEAR_UP_TO` sequences (the
+    largest ratio measured there): the factor GPU rows are planned with beyond that size."""
+    return max(theirs / ours for n, ours, theirs in margin if n > H200_LINEAR_UP_TO)
+
+
 def margin_text(margin: list[tuple[int, float, float]]) -> str:
     errors = [(n, ours / theirs - 1) for n, ours, theirs in margin]
-    within = [e for n, e in errors if n <= 768]
-    above = ", ".join(f"{e:+.0%} at {n}" for n, e in errors if n > 768)
+    within = [e for n, e in errors if n <= H200_LINEAR_UP_TO]
+    above = ", ".join(f"{e:+.0%} at {n}" for n, e in errors if n > H200_LINEAR_UP_TO)
     return (f"vs the H200's own compile of Audio Flamingo 3's sweep (XLA's temporaries at 8 clips × 814 tokens, "
-            f"bfloat16, measured by others): {min(within):+.1%} … {max(within):+.1%} up to 768 sequences, {above} "
-            "sequences, where the H200's compiler jumps from 119 to 173 MB per sequence and no CPU compile does: "
-            "above ~800 sequences on a GPU, plan with `--here` on it")
+            f"bfloat16, measured by others): {min(within):+.1%} … {max(within):+.1%} up to {H200_LINEAR_UP_TO} "
+            f"sequences, {above} sequences, where the H200's compiler jumps from 119 to 173 MB per sequence and no "
+            f"CPU compile does. GPU rows therefore plan calls of more than {H200_LINEAR_UP_TO} sequences per device "
+            f"with {gpu_jump(margin):.2f}× the estimated temporaries (the H200's largest ratio there); on a GPU, "
+            "`--here` plans with its own compiler")
 
 
 def markdown(rows: list[dict], seconds: float, dtype, margin: list[tuple[int, float, float]] | None = None) -> str:

@@ -23,6 +23,7 @@ from experiments import devices
 from experiments.memory import (
     SLICES,
     UPPER_CHUNK,
+    gpu_jump,
     h200_margin,
     markdown,
     plan_here,
@@ -52,9 +53,9 @@ def main(argv):
         return
     jax.config.update("jax_platforms", "cpu")  # the table is an estimate from the CPU compiler, on any machine
     jax.config.update("jax_num_cpu_devices", 8)  # the stand-ins for a slice's devices; before any backend starts
-    rows = plan_rows(_MODELS.value, SLICES, _CLIP_SECONDS.value, dtype, _EMOTIONS.value, _CLIPS.value,
-                     _MAX_VARIANTS.value, _MODEL_CONFIG.value or None)
     margin = h200_margin(_EMOTIONS.value) if not _MODEL_CONFIG.value else None
+    rows = plan_rows(_MODELS.value, SLICES, _CLIP_SECONDS.value, dtype, _EMOTIONS.value, _CLIPS.value,
+                     _MAX_VARIANTS.value, _MODEL_CONFIG.value or None, gpu_jump(margin) if margin else None)
     print(markdown(rows, _CLIP_SECONDS.value, dtype, margin))
 
 

@@ -46,8 +46,6 @@ def test_parameter_bytes_are_the_shards_actually_placed():
     assert sharding.bytes_per_device(params, sharding.param_shardings(params, mesh)) == on_device_0
 
 
-
-
 def stats_bytes(config, emotions: int) -> int:
     """The statistics the study holds: per emotion, layer and neuron an int32 count and two float32 moments."""
     return emotions * config.num_hidden_layers * config.intermediate_size * (4 + 4 + 4)
@@ -133,3 +131,23 @@ def test_margin_is_stated_against_the_h200():
     margin = [(128, 15.6, 15.3), (768, 91.0, 91.2), (928, 110.0, 160.6)]
     text = memory_plan.margin_text(margin)
     assert "-0.2% … +2.0% up to 768 sequences" in text and "-32% at 928" in text and "--here" in text
+
+
+def test_gpu_rows_plan_the_h200_jump_above_the_sizes_it_matched(monkeypatch):
+    """Above H200_LINEAR_UP_TO sequences per device a GPU plan counts ``jump`` × the temporaries: the answer is the
+    largest chunk whose corrected bytes fit, compiled directly here."""
+    margin = [(128, 15.6, 15.3), (768, 91.0, 91.2), (928, 110.0, 160.6), (1008, 120.0, 174.5)]
+    jump = memory_plan.gpu_jump(margin)
+    assert jump == pytest.approx(160.6 / 110.0)
+    assert "GPU rows therefore plan calls of more than 768 sequences per device with 1.46×" in (
+        memory_plan.margin_text(margin))
+    monkeypatch.setattr(memory_plan, "H200_LINEAR_UP_TO", 4)  # 2 clips × 2 variants verified, 3 variants jump
+    mesh = sharding.make_mesh(data=1)
+    sweeps = memory_plan.Sweeps("qwen2", TINY, 24, jnp.float32, 4)
+    budget = sweeps.bytes(mesh, 2, 3) + 1  # 3 variants fit as compiled, not with the jump
+    plain = memory_plan.plan(sweeps, mesh, 2, budget, upper=8)
+    corrected = memory_plan.plan(sweeps, mesh, 2, budget, upper=8, jump=jump)
+    assert plain.chunk >= 3
+    assert corrected.chunk == 2 and corrected.bytes == sweeps.bytes(mesh, 2, 2)
+    temps = sweeps.footprint(mesh, 2, 3).temporaries
+    assert corrected.next_bytes == sweeps.bytes(mesh, 2, 3) + int(temps * (jump - 1)) > budget
