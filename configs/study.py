@@ -26,6 +26,8 @@ REFERENCE_DIR = str(Path(__file__).resolve().parent.parent / "esn_jax" / "refere
 SELECTORS = ("lap", "lape", "mad", "cas", "grad")  # the paper's four + gradient attribution
 MODELS = ("qwen2_5_omni", "audio_flamingo3", "kimi_audio")
 ANSWERS = ("score", "generate")
+AUTO = "auto"  # batch_size / variant_chunk: sized to the device that runs the study
+SIZES = ("batch_size", "variant_chunk")  # an int >= 1 or AUTO
 # Prompt variants (``prompts=``): each a question wording and an order of the label words, asked in the model's own
 # chat layout. "asked" is the config's ``question`` (default: the checkpoint's reference.json, the wording the
 # mini-LALM's projector was trained with); the others are templates filled with the label words, reordered.
@@ -66,6 +68,7 @@ def defaults(local: bool = False, full: bool = False) -> dict:
         # 0 = the whole split; a seeded, label-stratified subset otherwise
         max_id_items=24 if local else (320 if full else 96),
         max_eval_items=16 if local else (160 if full else 32),
+        # rows per batch, or "auto": the largest that fits memory_budget (experiments/study/sizes.py)
         batch_size=8 if local else 16,
         # seconds; one compiled shape per bucket that clips fall in (unused buckets cost nothing)
         buckets="3+4+8+16+30",
@@ -92,7 +95,10 @@ def defaults(local: bool = False, full: bool = False) -> dict:
         answer="score",
         answer_tokens=8,
         says_tokens=24,  # the free answers of the report's "What the model says" (both modes)
-        variant_chunk=16,  # interventions scored per compiled call
+        # Interventions scored per compiled call, or "auto": per batch shape, the most whose compiled sweep fits
+        # memory_budget; either way a chunk that does not fit is halved (experiments/study/sizes.py)
+        variant_chunk=AUTO,
+        memory_budget=0,  # bytes per device a sweep may use; 0: esn_jax.sizing.HEADROOM of the device's memory
         seed=0,
     )
 
@@ -122,17 +128,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown study config keys {unknown}; known keys: {sorted(values)}")
     for key, raw in pairs.items():
         default = values[key]
-        if isinstance(default, bool):
+        if key in SIZES:  # kept as written: "auto" stays a string, so the run directory is the same on every device
+            values[key] = raw if raw == AUTO or not raw.isdigit() else int(raw)
+        elif isinstance(default, bool):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise ValueError(f"{key}={raw!r} is not a boolean")
             values[key] = raw.lower() in ("1", "true", "yes")
         elif isinstance(default, int):
-            values[key] = int(raw)
+            try:  # memory_budget may be written 8e9
+                values[key] = int(float(raw)) if key == "memory_budget" else int(raw)
+            except ValueError:
+                raise ValueError(f"{key}={raw!r} is not an integer") from None
         else:
             values[key] = raw
     cfg = ml_collections.ConfigDict(values)
     validate(cfg)
     return cfg
+
+
+def size(value, key: str = "variant_chunk") -> int | None:
+    """A ``batch_size`` / ``variant_chunk`` setting -> the int it names, None for "auto" (also read from the string
+    a ``--config.KEY=`` override writes into a field that holds "auto"); a ValueError naming ``key`` otherwise."""
+    if value == AUTO:
+        return None
+    number = int(value) if isinstance(value, int) or (isinstance(value, str) and value.isdigit()) else 0
+    if isinstance(value, bool) or number < 1:
+        raise ValueError(f"{key}={value!r} must be an int >= 1 or {AUTO!r}")
+    return number
 
 
 def validate(cfg) -> None:
@@ -165,9 +187,15 @@ def validate(cfg) -> None:
         problems.append(f"answer={cfg.answer!r} (choose from {ANSWERS})")
     if cfg.view not in ("four", "full"):
         problems.append(f"view={cfg.view!r} (four or full)")
-    for key in ("batch_size", "bootstrap", "permutations", "variant_chunk", "resamples", "answer_tokens",
-                "says_tokens"):
+    for key in ("bootstrap", "permutations", "resamples", "answer_tokens", "says_tokens"):
         if getattr(cfg, key) < 1:
             problems.append(f"{key}={getattr(cfg, key)} must be >= 1")
+    for key in SIZES:
+        try:
+            size(getattr(cfg, key), key)
+        except ValueError as err:
+            problems.append(str(err))
+    if not isinstance(cfg.memory_budget, int) or cfg.memory_budget < 0:
+        problems.append(f"memory_budget={cfg.memory_budget!r} must be a number of bytes >= 0 (0: the device's)")
     if problems:
         raise ValueError("bad study config: " + "; ".join(problems))

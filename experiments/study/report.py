@@ -139,6 +139,19 @@ def sizes(cfg: dict) -> str:
             "resamples of the evaluation items in the stability grid.")
 
 
+def compute(sizing: dict) -> str:
+    """What the run was sized to (experiments/study/sizes.py): device, budget, batch size, each call shape's chunk."""
+    batch = sizing.get("batch_size")
+    shapes = "; ".join(
+        f"{p['program']} on {p['batch']} × {p['length']} tokens, {p['variants']} interventions: {p['chunk']} per call "
+        f"({p['bytes'] / 1e9:.3g} GB{', halved from ' + str(p['halved'][0]['from']) if p['halved'] else ''})"
+        for p in sizing["programs"])
+    return (f"Sized for {sizing['backend']} ({sizing['device']}, {sizing['devices']} device(s)) with a budget of "
+            f"{sizing['budget_bytes'] / 1e9:.3g} GB per device"
+            + (f"; batch_size=auto: {batch['resolved']} rows" if batch else "")
+            + f"; variant_chunk={sizing['variant_chunk']}: {shapes or 'no sweep recorded'}.")
+
+
 def summary(r: dict) -> str:
     """The one line that counts the verdicts, with the grid they come from."""
     c, g = r["summary"]["verdicts"], r["summary"]["grid"]
@@ -167,6 +180,7 @@ def blocks(r: dict) -> list[tuple]:
                  f"{'' if r['identification']['success_filter'] else ' — filter off'}), interventions on "
                  f"`{r['data']['eval_split']}` ({r['data']['eval_items']} items). Main k = {k}."),
            ("p", sizes(r["config"])),
+           *([("p", compute(r["sizing"]))] if r.get("sizing") else []),
            ("p", answer_mode(r)),
            ("h", 2, "Findings"),
            ("p", verdicts.RULE.format(resamples=r["summary"]["grid"]["resamples"], holds=verdicts.HOLDS_FROM,

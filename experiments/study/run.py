@@ -8,6 +8,10 @@ each mask's cost to the frozen LM's next-token loss on plain text → layer hist
 transfer (when ``transfer_dataset`` is set) → :func:`analyze`: every number and each finding's verdict over its
 stability grid (:mod:`experiments.study.verdicts`) from the stored log-probs alone → results.json,
 predictions.npz, masks.npz, timings.json, report.md, report.html and the plots, in the workdir.
+
+The study sizes itself to the device it runs on (:mod:`experiments.study.sizes`): ``variant_chunk=auto`` (the
+default) and ``batch_size=auto`` choose the largest shapes whose compiled programs fit ``memory_budget``, a chunk that
+does not fit is halved as the study goes, and results.json's ``sizing`` block says what was chosen.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import esn_jax
-from configs.study import parse_list
+from configs.study import parse_list, size
 from experiments.study import adapters, analysis, answers, report, stages, verdicts
 from experiments.study.evidence import Evidence, near_ties, preds
 
@@ -53,6 +57,14 @@ def run(cfg, workdir, mesh=None) -> dict:
         ctx = stages.Context(cfg, store, model, mesh)
     with timer("batches"):
         dataset = adapters.ensure_dataset(cfg.dataset, cfg.dataset_config, cfg.data_dir, cfg.manual_dir)
+        if size(cfg.batch_size, "batch_size") is None:  # auto: resolved once, before any batch is written
+            splits = [(dataset, cfg.id_split, cfg.max_id_items), (dataset, cfg.eval_split, cfg.max_eval_items)]
+            if cfg.transfer_dataset:
+                other = adapters.ensure_dataset(cfg.transfer_dataset, cfg.transfer_dataset_config, cfg.data_dir,
+                                                cfg.manual_dir)
+                splits += [(other, cfg.transfer_id_split, cfg.max_id_items),
+                           (other, cfg.transfer_eval_split, cfg.max_eval_items)]
+            stages.stage_batch_size(ctx, splits)
         id_names = stages.stage_batches(ctx, "A", dataset, cfg.id_split, cfg.max_id_items)
         eval_names = stages.stage_batches(ctx, "A", dataset, cfg.eval_split, cfg.max_eval_items)
         items = stages.items_of(ctx, eval_names[0])
@@ -103,6 +115,7 @@ def run(cfg, workdir, mesh=None) -> dict:
     base["answer"] = {"mode": cfg.answer, "max_new_tokens": cfg.answer_tokens if cfg.answer == "generate" else None,
                       "parser": answers.RULE if cfg.answer == "generate" else None}
     base["says"] = _says(model, says, masks, ctx)
+    base["sizing"] = ctx.sizer.summary()
     if cfg.transfer_dataset:
         base["transfer"] = {"dataset": adapters.ensure_dataset(cfg.transfer_dataset, cfg.transfer_dataset_config,
                                                                cfg.data_dir, cfg.manual_dir)}
@@ -120,6 +133,7 @@ def run(cfg, workdir, mesh=None) -> dict:
         report.write(workdir, r)
     stages.write_atomically(workdir / "timings.json", (json.dumps(timer.seconds, indent=1) + "\n").encode())
     print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timer.seconds.items()))
+    print(report.compute(r["sizing"]))  # the choices are logged at INFO, which the script's verbosity hides
     return r
 
 

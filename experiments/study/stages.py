@@ -5,6 +5,8 @@ Every model-facing stage runs once per prompt variant ``p`` (``prompts=``; :func
 same items, and stores label log-probs, not only predictions, so that near-ties can be counted and the verdicts'
 sensitivity to float noise tested. Stages (``tag`` is ``A`` for the main dataset, ``B`` for the transfer dataset):
 
+  sizing.json                           the sizer's choices (experiments/study/sizes.py): the batch size with
+                                        batch_size=auto, and every call shape's variant chunk and bytes
   batches/<tag>_<split>_p<p>/NNNNN.npz  model inputs of each batch (prompts + features), labels, valid, ids
   clean/<tag>/p<p>/NNNNN.npz            clean label log-probs [B, E]
   stats/<tag>_p<p>.npz                  success-filtered identification statistics + gradient attribution,
@@ -39,13 +41,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
 import esn_jax
 from configs.study import parse_list
 from esn_jax import collateral, scoring
 from esn_jax.selectors import attribution
-from experiments.study import adapters, answers
+from experiments.study import adapters, answers, sizes
 from ports import prompts, sharding
 
 CRASH_ENV = "ESN_STUDY_CRASH_AFTER"  # "<stage>:<n>": exit abruptly after saving unit n (resume tests)
@@ -76,6 +79,13 @@ class Store:
         with np.load(self.path(name), allow_pickle=False) as f:
             return dict(f)
 
+    def save_json(self, name: str, value) -> None:
+        write_atomically(self.root / f"{name}.json", (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+
+    def load_json(self, name: str):
+        path = self.root / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
     def listing(self, prefix: str) -> list[str]:
         folder = self.root / prefix
         return sorted(f"{prefix}/{p.stem}" for p in folder.glob("*.npz")) if folder.exists() else []
@@ -95,10 +105,14 @@ def crash_point(stage: str, unit: int) -> None:
 
 
 class Context:
-    """What every stage needs: config, store, model, mesh, and the study's axes."""
+    """What every stage needs: config, store, model, mesh, the study's axes, and the sizer that chooses and guards
+    the variant chunk of every sweep (:mod:`experiments.study.sizes`; its choices are kept in the run directory's
+    ``sizing.json``)."""
 
     def __init__(self, cfg, store: Store, model: adapters.Model, mesh=None):
         self.cfg, self.store, self.model, self.mesh = cfg, store, model, mesh
+        self.sizer = sizes.Sizer(model, cfg.variant_chunk, cfg.memory_budget, cfg.site, mesh,
+                                 record=store.load_json("sizing"), save=functools.partial(store.save_json, "sizing"))
         self.selectors = parse_list("selectors", cfg.selectors)
         self.ks = parse_list("ks", cfg.ks)
         self.alphas = parse_list("alphas", cfg.alphas)
@@ -113,44 +127,64 @@ class Context:
         return sharding.shard_batch(kw, self.mesh) if self.mesh is not None else kw
 
     def score(self, batch: dict, interventions) -> np.ndarray:
-        """Label log-probs [V, B, E] under V stacked interventions, ``variant_chunk`` variants per call (the last
-        chunk padded with copies) so that one compiled shape serves every stage; the encoders run once.
+        """Label log-probs [V, B, E] under V stacked interventions, in chunks of the sizer's variants per call (the
+        last chunk padded with copies, so that one compiled shape serves every stage); the encoders run once.
 
         With ``answer=generate`` the model answers freely instead, and the log-probs are those of its parsed
         answers (:func:`experiments.study.answers.as_logp`)."""
-        v = jax.tree.leaves(interventions)[0].shape[0]
-        chunk = min(self.cfg.variant_chunk, v)
         embedded = scoring.embed_jitted(self.model.module, self.model.params, self.inputs(batch))
-        out = []
-        for start in range(0, v, chunk):
-            part = jax.tree.map(lambda x, s=start: x[s:s + chunk], interventions)
-            n = jax.tree.leaves(part)[0].shape[0]
-            if n < chunk:
-                part = jax.tree.map(lambda x, n=n: np.concatenate([x, np.repeat(x[-1:], chunk - n, 0)]), part)
-            if self.cfg.answer == "generate":
-                ids, lengths = self.generate(embedded, part, self.cfg.answer_tokens)
-                logp = answers.as_logp([answers.parse(t, self.model.labels)
-                                        for t in answers.decode(self.model.tokenizer, ids, lengths)],
-                                       self.num_emotions).reshape(*ids.shape[:2], -1)
-            else:
-                logp = esn_jax.score_variants(self.model.module, self.model.params, embedded, part,
-                                              self.model.label_token_ids)
-            out.append(np.asarray(logp, np.float32)[:n])
-        return np.concatenate(out)
+        if self.cfg.answer == "generate":
+            ids, lengths = self.generate(embedded, interventions, self.cfg.answer_tokens)
+            return answers.as_logp([answers.parse(t, self.model.labels)
+                                    for t in answers.decode(self.model.tokenizer, ids, lengths)],
+                                   self.num_emotions).reshape(*ids.shape[:2], -1)
+
+        def call(part):
+            return np.asarray(esn_jax.score_variants(self.model.module, self.model.params, embedded, part,
+                                                     self.model.label_token_ids), np.float32)
+        return self.sizer.run(self._shape("score", embedded, interventions), interventions, call)
+
+    def _shape(self, program: str, embedded: dict, interventions) -> sizes.Shape:
+        return sizes.Shape(program, *embedded["inputs_embeds"].shape[:2], jax.tree.leaves(interventions)[0].shape[0])
 
     @functools.cached_property
     def stop_token_ids(self) -> tuple[int, ...]:
         return prompts.stop_token_ids(self.model.tokenizer)  # read once, and only when the model generates
 
     def generate(self, embedded: dict, interventions, max_new_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-        """Greedy answers under V stacked interventions -> ids [V, B, N], lengths [V, B]."""
-        ids, lengths = esn_jax.generate(self.model.module, self.model.params, embedded, max_new_tokens, interventions,
-                                        stop_token_ids=self.stop_token_ids,
-                                        pad_token_id=self.model.tokenizer.pad_token_id)
-        return np.asarray(ids), np.asarray(lengths)
+        """Greedy answers under V stacked interventions, in chunks as :meth:`score` -> ids [V, B, N], lengths
+        [V, B]."""
+        def call(part):
+            ids, lengths = esn_jax.generate(self.model.module, self.model.params, embedded, max_new_tokens, part,
+                                            stop_token_ids=self.stop_token_ids,
+                                            pad_token_id=self.model.tokenizer.pad_token_id)
+            return np.asarray(ids), np.asarray(lengths)
+        return self.sizer.run(self._shape("generate", embedded, interventions), interventions, call)
 
 
 # ---------------------------------------------------------------- data
+
+
+def stage_batch_size(ctx: Context, splits: list[tuple[str, str, int]]) -> int:
+    """Resolves ``batch_size=auto`` once, before any batch is written (:meth:`sizes.Sizer.batch_size` at the prompt
+    length of the longest bucket the items of ``splits`` [(dataset, split, max_items)] fall in, capped at the most
+    items of a split and :data:`sizes.BATCH_CAP`), and keeps it in the run directory: a resumed run reuses it
+    whatever device it runs on, so that all of a run's batches have one size. Sets it in ``ctx.cfg``."""
+    chosen = ctx.sizer.record.get("batch_size")
+    if chosen is None:
+        items = [adapters.read_items(ctx.cfg, ctx.model, *split, ctx.cfg.seed) for split in splits]
+        length = sizes.prompt_length(ctx.model, [ex for part in items for ex in part], ctx.questions, ctx.cfg)
+        cap = min(sizes.BATCH_CAP, max(map(len, items)))
+        size = ctx.sizer.batch_size(length, cap)
+        shape = sizes.Shape("score", size, length, 1)
+        chosen = {"requested": "auto", "resolved": size, "length": length, "cap": cap,
+                  "bytes": ctx.sizer.bytes(shape, 1)}
+        ctx.sizer.record["batch_size"] = chosen
+        ctx.sizer.save()
+        logging.info("batch_size=auto: %d rows (prompts of %d tokens, at most %d): one variant's sweep takes %d bytes "
+                     "per device of a budget of %d", size, length, cap, chosen["bytes"], ctx.sizer.budget)
+    ctx.cfg = sizes.with_batch_size(ctx.cfg, chosen["resolved"])
+    return chosen["resolved"]
 
 
 def stage_batches(ctx: Context, tag: str, dataset: str, split: str, max_items: int) -> list[list[str]]:
@@ -417,8 +451,11 @@ def stage_collateral(ctx: Context, masks: np.ndarray) -> dict[str, np.ndarray]:
         # Variant 0 is the unedited model (an empty mask): clean and masked losses come from one compiled call.
         edits = esn_jax.ablate(np.concatenate([np.zeros_like(flat[:1]), flat]), ctx.cfg.site)
         inputs = ctx.inputs({"input_ids": ids, "attention_mask": mask})
-        loss = np.asarray(collateral.text_loss(ctx.model.module, ctx.model.params, inputs["input_ids"],
-                                               inputs["attention_mask"], edits, ctx.cfg.variant_chunk))
+
+        def call(part):
+            return np.asarray(collateral.text_loss(ctx.model.module, ctx.model.params, inputs["input_ids"],
+                                                   inputs["attention_mask"], part))
+        loss = ctx.sizer.run(sizes.Shape("collateral", *ids.shape, len(flat) + 1), edits, call)
         ctx.store.save(name, clean=loss[0], masked=loss[1:].reshape(*masks.shape[:-2], -1), input_ids=ids,
                        attention_mask=mask, unknown_share=np.float64(unknown / mask.sum()))
         crash_point(name, 0)

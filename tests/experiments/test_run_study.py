@@ -243,7 +243,7 @@ def test_stability_grid_and_float_noise(study):
                                                   "near_ties": int((top[..., -1] - top[..., -2] < 1e-4).sum()),
                                                   "share": pytest.approx(np.mean(top[..., -1] - top[..., -2] < 1e-4))}
     base = {k: results[k] for k in ("config", "config_hash", "model", "prompts", "data", "identification", "answer",
-                                    "says")}
+                                    "says", "sizing")}
     base["transfer"] = {"dataset": results["transfer"]["dataset"]}
     again = analyze(ev, base, cfg)
     assert json.loads(json.dumps(again)) == json.loads((workdir / "results.json").read_text())  # from the arrays alone
@@ -379,6 +379,53 @@ def test_what_the_model_says(study):
         assert [a["variant"] for a in clip["answers"]] == variants
         assert clip["answers"][0]["text"] == by_id[clip["id"]]
         assert f"Clip `{clip['id']}` (label **{clip['label']}**)" in md
+
+
+def test_study_sizes_itself(env, tmp_path):
+    """batch_size=auto and variant_chunk=auto under a budget: the batch is the largest whose one-variant sweep fits
+    (resolved before the batches are written, which have that many rows), every sweep's chunk the largest that
+    fits (recomputed here with esn_jax.sizing), all in results.json; a run resumed with stages deleted reports the
+    same sizes, byte for byte."""
+    import shutil
+
+    from esn_jax import sizing
+    from experiments.study import sizes
+
+    ref, data_dir = env
+    keys = dict(prompts="asked", selectors="lap", random_seeds="0", bootstrap=20, permutations=20, resamples=2)
+    probe = get_config(study_args(ref, data_dir, **keys))
+    model = adapters.load_model(probe)
+    examples = list(pipeline.read(adapters.ensure_dataset("synthetic_prosody", "tiny", str(data_dir), ""), "train",
+                                  str(data_dir), "four"))
+    length = sizes.prompt_length(model, examples, [model.question], probe)
+
+    def sweep(rows, chunk):
+        return sizing.sweep_bytes(model.module, model.params, rows, length, chunk, model.label_token_ids)
+
+    budget = sweep(3, 4)
+    cfg = get_config(study_args(ref, data_dir, batch_size="auto", memory_budget=budget, **keys))
+    results = run(cfg, tmp_path)
+    sized = results["sizing"]
+    n = sized["batch_size"]["resolved"]
+    assert (sized["backend"], sized["budget_bytes"], sized["variant_chunk"]) == ("cpu", budget, "auto")
+    assert sized["batch_size"]["length"] == length and 3 <= n < sized["batch_size"]["cap"]
+    assert sweep(n, 1) <= budget < sweep(n + 1, 1)
+    assert results["config"]["batch_size"] == "auto" and results["config"]["variant_chunk"] == "auto"
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    first = np.load(run_dir / "batches" / "A_train_p0" / "00000.npz")
+    assert first["input_ids"].shape[0] == n
+    programs = {p["program"] for p in sized["programs"]}
+    assert {"score", "generate", "collateral"} <= programs  # the says stage generates in score mode too
+    for p in sized["programs"]:
+        assert p["bytes"] <= budget and p["halved"] == []
+        if p["program"] == "score" and p["length"] == length:
+            c = p["chunk"]
+            assert sweep(p["batch"], c) == p["bytes"] and (c == p["variants"] or sweep(p["batch"], c + 1) > budget)
+    once = (tmp_path / "results.json").read_bytes()
+    for done in ("steer", "agnostic", "says.npz", "collateral.npz"):
+        shutil.rmtree(run_dir / done) if (run_dir / done).is_dir() else (run_dir / done).unlink()
+    run(cfg, tmp_path)
+    assert (tmp_path / "results.json").read_bytes() == once
 
 
 def test_free_form_answers(env, tmp_path):
