@@ -11,30 +11,14 @@ F = mel frames per window (2 * max_source_positions), H = hidden size, V = vocab
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from ports.audio import (
-    HF_BOOKKEEPING,
-    LINEAR,
-    NONE,
-    AudioEncoder,
-    AudioEncoderConfig,
-    check_clip_frames,
-    encoder_config_from_hf,
-    encoder_rules,
-    is_concrete,
-    splice,
-)
-from ports.config import FAMILIES, Config, DecoderConfig, UnsupportedConfigError
-from ports.decoder import Qwen2ForCausalLM
-from ports.rules import Rule, attention_biases, decoder_rules
+from ports import lalm
+from ports.audio import AudioEncoderConfig, check_clip_frames, encoder_config_from_hf
+from ports.config import Config, DecoderConfig, UnsupportedConfigError
+from ports.lalm import Projector, SplicedLALM, dense_rules, text_config_from_hf, text_config_to_hf
+from ports.rules import Rule
 
 MODEL_TYPE = "audioflamingo3"
 _AUDIO_NAMES = {"num_mel_bins": "num_mel_bins", "d_model": "hidden_size", "encoder_layers": "num_hidden_layers",
@@ -58,22 +42,14 @@ class AudioFlamingo3Config(Config):
             raise UnsupportedConfigError(f"config.json has model_type={hf.get('model_type')!r}; "
                                          f"--model=audio_flamingo3 expects {MODEL_TYPE!r} (the -hf checkpoint)")
         problems = []
-        unknown = sorted(set(hf) - _USED - HF_BOOKKEEPING)
-        if unknown:
-            problems.append(f"unknown attributes {unknown}")
         if hf.get("projector_hidden_act", "gelu") != "gelu":
             problems.append(f"projector_hidden_act={hf['projector_hidden_act']!r} is not implemented (expected "
                             "'gelu')")
-        if problems:
-            raise UnsupportedConfigError("config.json is not supported by the audio_flamingo3 port: "
-                                         + "; ".join(problems))
+        lalm.refuse(problems, lalm.unknown_top_level(hf, _USED), "audio_flamingo3")
         audio = encoder_config_from_hf(hf["audio_config"], names=_AUDIO_NAMES, extra={"pool": True},
                                        what="audio_config")
-        text = hf["text_config"]  # a Qwen2 language model (the released 7B) or a Llama one
-        family = text.get("model_type") if text.get("model_type") in FAMILIES else "qwen2"
-        # transformers' AF3 class always has its own lm_head, whatever text_config says about tying.
-        text = {**text, "tie_word_embeddings": False}
-        return cls(audio=audio, text=DecoderConfig.from_hf(text, family),
+        # a Qwen2 language model (the released 7B) or a Llama one
+        return cls(audio=audio, text=text_config_from_hf(hf["text_config"]),
                    audio_token_id=hf.get("audio_token_id", 151669), projector_bias=hf.get("projector_bias", True))
 
     def to_hf(self) -> dict[str, Any]:
@@ -87,93 +63,47 @@ class AudioFlamingo3Config(Config):
         if a.chunk_frames is not None or a.positions != "learned" or not a.pool or a.output_dim is not None:
             raise UnsupportedConfigError("cannot export as Audio Flamingo 3: the audio encoder is not AF3's (full "
                                          "windows, learned positions, pooled, no projection)")
-        text = {k: v for k, v in self.text.to_hf().items() if k != "architectures"}
         return {"model_type": MODEL_TYPE, "architectures": ["AudioFlamingo3ForConditionalGeneration"],
                 "audio_config": {"model_type": "audioflamingo3_encoder",
                                  **{hf: getattr(a, ours) for ours, hf in _AUDIO_NAMES.items()}},
-                "text_config": {**text, "tie_word_embeddings": False}, "audio_token_id": self.audio_token_id,
+                "text_config": text_config_to_hf(self.text), "audio_token_id": self.audio_token_id,
                 "projector_hidden_act": "gelu", "projector_bias": self.projector_bias}
 
 
-class Projector(nn.Module):
-    """linear_1 (D -> H) -> exact GELU -> linear_2 (H -> H)."""
-
-    hidden_size: int
-    bias: bool = True
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        dense = functools.partial(nn.Dense, self.hidden_size, use_bias=self.bias, dtype=self.dtype,
-                                  param_dtype=self.dtype)
-        return dense(name="linear_2")(jax.nn.gelu(dense(name="linear_1")(x), approximate=False))
-
-
-class AudioFlamingo3(nn.Module):
+class AudioFlamingo3(SplicedLALM):
     """``audio_tower`` + ``multi_modal_projector`` + ``language_model`` (the shared decoder)."""
 
     config: AudioFlamingo3Config
-    dtype: Any = jnp.float32
+    PLACEHOLDER = "<sound> placeholders"
 
-    def setup(self):
-        cfg = self.config
-        self.audio_tower = AudioEncoder(cfg.audio, self.dtype)
-        self.multi_modal_projector = Projector(cfg.text.hidden_size, cfg.projector_bias, self.dtype)
-        self.language_model = Qwen2ForCausalLM(cfg.text, self.dtype)
-
-    def embed_answer(self, answer_ids):
-        """answer_ids [B, M] -> [B, M, H] (see :meth:`ports.decoder.Qwen2ForCausalLM.embed_answer`)."""
-        return self.language_model.embed_answer(answer_ids)
+    def projector(self):
+        return Projector(self.config.text.hidden_size, self.config.projector_bias, self.dtype)
 
     def embed_inputs(self, input_ids, input_features=None, input_features_mask=None):
         """input_ids [B, T]; input_features [W, M, F] and input_features_mask [W, F] (1 = valid frame) for
         every clip's windows in prompt order -> inputs_embeds [B, T, H]."""
-        embeds = self.language_model.embed_inputs(input_ids)
-        placeholders = input_ids == self.config.audio_token_id
         if input_features is None:
-            if is_concrete(input_ids) and np.asarray(placeholders).any():
-                raise ValueError("input_ids hold <sound> placeholders but no input_features were given")
-            return embeds
+            return self.splice_audio(input_ids)
         if input_features_mask is None:
             raise ValueError("input_features_mask [W, F] is required with input_features (the frame mask the "
                              "feature extractor returns)")
         check_clip_frames(input_features_mask, self.config.audio, what="window")
-        audio, valid = self.audio_tower(input_features, input_features_mask)
-        return splice(embeds, placeholders, self.multi_modal_projector(audio), valid, "<sound> placeholders")
+        return self.splice_audio(input_ids, *self.audio_embeds(input_features, input_features_mask))
 
     def __call__(self, input_ids=None, input_features=None, input_features_mask=None, attention_mask=None,
                  position_ids=None, inputs_embeds=None, interventions=None, logits_positions=None, prefix=None):
         """Logits [B, T, V] (or [B, S, V] at ``logits_positions``). ``inputs_embeds`` skips the encoder; other
         arguments as the shared decoder."""
-        if inputs_embeds is None:
-            if input_ids is None:
-                raise ValueError("pass input_ids [B, T] (with the audio inputs) or inputs_embeds [B, T, H]")
-            inputs_embeds = self.embed_inputs(input_ids, input_features, input_features_mask)
-        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   position_ids=position_ids, interventions=interventions,
-                                   logits_positions=logits_positions, prefix=prefix)
+        return self.decode(input_ids, inputs_embeds, dict(input_features=input_features,
+                                                          input_features_mask=input_features_mask),
+                           attention_mask, position_ids, interventions, logits_positions, prefix)
 
 
 def rules(config: AudioFlamingo3Config) -> tuple[Rule, ...]:
-    projector = []
-    for name in ("linear_1", "linear_2"):
-        projector.append(Rule(f"multi_modal_projector.{name}.weight", f"multi_modal_projector/{name}/kernel",
-                              **LINEAR))
-        if config.projector_bias:
-            projector.append(Rule(f"multi_modal_projector.{name}.bias", f"multi_modal_projector/{name}/bias",
-                                  **NONE))
-    # transformers' AF3 always has its own lm_head: a tied language model exports its embedding there as well
-    # (export only: :meth:`AudioFlamingo3Config.from_hf` never reads a tied model).
-    head = ((Rule("language_model.lm_head.weight", "language_model/model/embed_tokens/embedding"),)
-            if config.text.tie_word_embeddings else ())
-    return (decoder_rules("language_model.model", "language_model.lm_head", "language_model/",
-                          attention_biases(config.text)) + head
-            + encoder_rules("audio_tower", "audio_tower/", config.audio) + tuple(projector))
+    return lalm.rules(config, [rule for name in ("linear_1", "linear_2")
+                               for rule in dense_rules(f"multi_modal_projector.{name}",
+                                                       f"multi_modal_projector/{name}", config.projector_bias)])
 
 
-def init_inputs(config: AudioFlamingo3Config) -> dict[str, Any]:
-    """One window with 4 valid frames (one audio token) at one placeholder: creates every parameter."""
-    frames = config.audio.window_frames
-    return {"input_ids": jnp.full((1, 1), config.audio_token_id, jnp.int32),
-            "input_features": jnp.zeros((1, config.audio.num_mel_bins, frames), jnp.float32),
-            "input_features_mask": (jnp.arange(frames) < 4)[None].astype(jnp.int32)}
+def init_inputs(config) -> dict[str, Any]:
+    return lalm.one_window_inputs(config, "input_features_mask")

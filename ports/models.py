@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ports import audio_flamingo3, glm4_voice, kimi_audio, qwen2_5_omni
+from ports import audio_flamingo3, glm4_voice, kimi_audio, qwen2_5_omni, qwen2_audio, voxtral
 from ports.audio import AudioEncoder, AudioEncoderConfig, encoder_rules, whisper_config_from_hf
 from ports.config import DecoderConfig
 from ports.decoder import Qwen2ForCausalLM
@@ -65,6 +65,20 @@ MODELS: dict[str, ModelSpec] = {
         build=lambda cfg, dtype: audio_flamingo3.AudioFlamingo3(cfg, dtype),
         rules=audio_flamingo3.rules,
         init_inputs=audio_flamingo3.init_inputs,
+    ),
+    "qwen2_audio": ModelSpec(
+        config_cls=qwen2_audio.Qwen2AudioConfig,
+        config_from_hf=qwen2_audio.Qwen2AudioConfig.from_hf,
+        build=lambda cfg, dtype: qwen2_audio.Qwen2Audio(cfg, dtype),
+        rules=qwen2_audio.rules,
+        init_inputs=qwen2_audio.init_inputs,
+    ),
+    "voxtral": ModelSpec(
+        config_cls=voxtral.VoxtralConfig,
+        config_from_hf=voxtral.VoxtralConfig.from_hf,
+        build=lambda cfg, dtype: voxtral.Voxtral(cfg, dtype),
+        rules=voxtral.rules,
+        init_inputs=voxtral.init_inputs,
     ),
     "kimi_audio": ModelSpec(
         config_cls=kimi_audio.KimiAudioConfig,
