@@ -32,7 +32,12 @@ MODEL_TYPE, ENCODER_TYPE = "qwen2_audio", "qwen2_audio_encoder"
 AUDIO_TOKEN_ID = 151646  # <|AUDIO|> in Qwen2-Audio's tokenizer (transformers' default audio_token_index)
 _AUDIO_NAMES = {f: f for f in ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads",
                                "encoder_ffn_dim", "max_source_positions")}
-_USED = frozenset({"model_type", "audio_config", "text_config", "audio_token_index", "audio_token_id"})
+# vocab_size: a copy of text_config's, which the decoder reads.
+_USED = frozenset({"model_type", "audio_config", "text_config", "audio_token_index", "audio_token_id", "vocab_size"})
+# transformers builds text_config as a Qwen2Config, whose defaults fill what the hub's config.json leaves out (the
+# released 7B gives neither hidden_size nor the layer and head counts).
+QWEN2_DEFAULTS = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+                  "num_attention_heads": 32, "num_key_value_heads": 32, "rms_norm_eps": 1e-6, "rope_theta": 10000.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +56,18 @@ class Qwen2AudioConfig(Config):
     def from_hf(cls, hf: Mapping[str, Any]) -> Qwen2AudioConfig:
         """Reads the hub checkpoint's config.json, refusing what the port does not implement."""
         lalm.check_model_type(hf, MODEL_TYPE, "qwen2_audio")
-        lalm.refuse([], lalm.unknown_top_level(hf, _USED), "qwen2_audio")
+        text = {**QWEN2_DEFAULTS, **hf["text_config"]}
+        problems = []
+        if text.pop("use_mrope", False):  # Qwen2-VL's multimodal RoPE, which Qwen2-Audio never switches on
+            problems.append("text_config use_mrope=True is not implemented")
+        lalm.refuse(problems, lalm.unknown_top_level(hf, _USED), "qwen2_audio")
         audio = dict(hf["audio_config"])
         if audio.get("model_type", ENCODER_TYPE) != ENCODER_TYPE:
             raise UnsupportedConfigError(f"audio_config has model_type={audio['model_type']!r}; the qwen2_audio port "
                                          f"implements {ENCODER_TYPE!r}")
         audio = encoder_config_from_hf(audio, names=_AUDIO_NAMES, extra={"pool": True}, what="audio_config")
         token = hf.get("audio_token_index", hf.get("audio_token_id", AUDIO_TOKEN_ID))
-        return cls(audio=audio, text=text_config_from_hf(hf["text_config"]), audio_token_id=token)
+        return cls(audio=audio, text=text_config_from_hf(text), audio_token_id=token)
 
     def to_hf(self) -> dict[str, Any]:
         """transformers' ``Qwen2AudioConfig`` dict: the inverse of :meth:`from_hf` (a tied language model is

@@ -36,9 +36,9 @@ _ALIASES = {"d_model": "hidden_size", "encoder_layers": "num_hidden_layers",
             "encoder_layerdrop": "layerdrop"}
 # The Whisper decoder's vocabulary (unused by an encoder); head_dim and num_key_value_heads are checked below.
 _AUDIO_IGNORED = frozenset({"vocab_size", "head_dim", "num_key_value_heads"})
-# hidden_size is transformers' copy of text_config.hidden_size.
+# hidden_size and vocab_size: transformers' copies of text_config's, which the decoder reads.
 _USED = frozenset({"model_type", "audio_config", "text_config", "audio_token_id", "projector_hidden_act",
-                   "hidden_size"})
+                   "hidden_size", "vocab_size"})
 
 
 @dataclasses.dataclass(frozen=True)
