@@ -5,6 +5,10 @@ own windowing. No mel code of our own.
   rounded up to whole 200-frame chunks (the padding beyond carries nothing: the encoder drops it).
 * Audio Flamingo 3: 30-s windows, at most 20 per clip (600 s), each with its own frame mask.
 * Kimi-Audio: 30-s segments for Whisper-large-v3, each with its frame mask.
+* Qwen2-Audio: one 30-s window per clip with its frame mask; longer clips are refused (its processor would
+  silently cut them to 30 s).
+* Voxtral: the whole clip padded with zeros to whole 30-s windows, its features computed at once and split
+  into 3000-frame windows; no frame mask (its encoder attends to every frame of a window).
 
 Waveforms: 1-D float arrays at 16 kHz. Output shapes: C = clips, W / S = windows / segments of all clips
 in order, M = mel bins, F = frames (100 per second).
@@ -92,6 +96,53 @@ def audio_flamingo3(clips: Sequence[np.ndarray], n_mels: int = 128, max_windows:
     tokens = ((frames - 1) // 2 + 1 - 2) // 2 + 1
     return {"input_features": feats, "input_features_mask": mask, "windows_per_clip": per_clip,
             "num_audio_tokens": tokens}
+
+
+def qwen2_audio(clips: Sequence[np.ndarray], n_mels: int = 128) -> dict[str, np.ndarray]:
+    """-> input_features [C, M, 3000], feature_attention_mask [C, 3000] and num_audio_tokens [C], as
+    ``Qwen2AudioProcessor`` makes them (transformers ``processing_qwen2_audio.py``: one extractor call with
+    ``padding="max_length"``, i.e. 30 s, and ``return_attention_mask``; the token count ((F - 1) // 2 + 1 - 2)
+    // 2 + 1 on the valid frames F). A clip over 30 s is refused: the processor would truncate it to its first
+    30 s without a word; so is one under 321 samples (no audio token)."""
+    clips = check_clips(clips, WINDOW_SECONDS, "Qwen2-Audio")
+    out = extractor(n_mels)(clips, sampling_rate=SAMPLE_RATE, padding="max_length", return_attention_mask=True,
+                            return_tensors="np")
+    mask = out["attention_mask"].astype(np.int32)
+    frames = mask.sum(1)
+    tokens = ((frames - 1) // 2 + 1 - 2) // 2 + 1
+    if (tokens < 1).any():  # under 3 frames (321 samples) the processor would write no <|AUDIO|> at all
+        short = [f"clip {i} has {clips[i].size} samples" for i in np.flatnonzero(tokens < 1)]
+        raise ValueError(f"bad audio: {'; '.join(short)}; Qwen2-Audio needs at least {2 * HOP + 1} (3 mel frames) "
+                         "for one audio token")
+    return {"input_features": out["input_features"].astype(np.float32), "feature_attention_mask": mask,
+            "num_audio_tokens": tokens}
+
+
+# mistral-common's audio encoder (tokens/tokenizers/audio.py, with Voxtral's tekken.json audio section: 12.5 tokens/s,
+# 160-sample hop, chunk_length_s 30) pads a clip to whole 30-s windows and writes ceil(frames / 8) [AUDIO]
+# tokens: 3000 / 8 per window, which is also what the encoder gives (1500 frames, 4 stacked per token).
+VOXTRAL_TOKENS_PER_WINDOW = 375
+
+
+def voxtral(clips: Sequence[np.ndarray], n_mels: int = 128, max_windows: int = 80) -> dict[str, np.ndarray]:
+    """-> input_features [W, M, 3000] (every clip's 30-s windows, in clip order), windows_per_clip [C] and
+    num_audio_tokens [C] (:data:`VOXTRAL_TOKENS_PER_WINDOW` per window), as the official path makes them:
+    mistral-common zero-pads each clip to a whole number of 30-s windows, and ``VoxtralProcessor``
+    (``processing_voxtral.py``, ``_retrieve_input_features``) takes the log-mel of the whole padded clip in
+    one extractor call (so its floor, the maximum - 8 in log10, is the clip's, and a window's edge frames see
+    the next window's samples), then cuts it into 3000-frame windows. No frame mask: Voxtral's encoder attends
+    to every frame. ``max_windows``: 80 (40 min, the model card's longest audio for understanding); a longer
+    clip is refused."""
+    clips = check_clips(clips, max_windows * WINDOW_SECONDS, "Voxtral")
+    size, frames, extract = WINDOW_SECONDS * SAMPLE_RATE, WINDOW_SECONDS * SAMPLE_RATE // HOP, extractor(n_mels)
+    windows = []
+    for clip in clips:
+        out = extract(clip, sampling_rate=SAMPLE_RATE, padding="longest", pad_to_multiple_of=size, truncation=False,
+                      return_tensors="np")["input_features"][0]  # [M, frames * windows of this clip]
+        windows.extend(np.split(out, out.shape[-1] // frames, axis=-1))
+    per_clip = np.array([-(-clip.size // size) for clip in clips])
+    return {"input_features": np.stack(windows).astype(np.float32), "windows_per_clip": per_clip,
+            "num_audio_tokens": per_clip * VOXTRAL_TOKENS_PER_WINDOW}
 
 
 def kimi_audio(clips: Sequence[np.ndarray], n_mels: int = 128, max_segments: int = 20) -> dict[str, np.ndarray]:

@@ -1,14 +1,22 @@
 """Chat-template prompts with each model's audio placeholders, tokenized with the checkpoint's own tokenizer.
 
 A prompt is one user turn holding one clip and a question; ``n_audio`` is that clip's audio-token count
-(Audio Flamingo 3 and Kimi-Audio: ``num_audio_tokens`` from :mod:`ports.features`; Qwen2.5-Omni:
-:func:`ports.audio.output_lengths` of the clip's valid mel frames). The model replaces the placeholders
-with its audio embeddings in order, so the count must match the encoder's output exactly.
+(Audio Flamingo 3, Kimi-Audio, Qwen2-Audio and Voxtral: ``num_audio_tokens`` from :mod:`ports.features`;
+Qwen2.5-Omni: :func:`ports.audio.output_lengths` of the clip's valid mel frames). The model replaces the
+placeholders with its audio embeddings in order, so the count must match the encoder's output exactly.
 
 * Qwen2.5-Omni: its chat template's default system prompt ("You are a helpful assistant."; the model card's
   long "You are Qwen, a virtual human…" one, for speech output, is :data:`OMNI_VOICE_SYSTEM`);
   ``<|audio_bos|>`` + ``<|AUDIO|>`` * N + ``<|audio_eos|>`` before the question.
 * Audio Flamingo 3: system "You are a helpful assistant."; ``<sound>`` * N right before the question.
+* Qwen2-Audio: its chat template's ChatML, default system prompt "You are a helpful assistant.", the audio
+  written ``Audio 1: <|audio_bos|>`` + ``<|AUDIO|>`` * N + ``<|audio_eos|>\\n`` right before the question
+  (see :func:`qwen2_audio`).
+* Voxtral: mistral-common's instruct layout ``<s>[INST][BEGIN_AUDIO]`` + ``[AUDIO]`` * N + question +
+  ``[/INST]`` (N = 375 per 30-s window) and no system prompt (none is allowed with audio; see
+  :func:`voxtral`). Its tokenizer ships as ``tekken.json``; :func:`tekken_tokenizer` converts it with
+  transformers' own tekken conversion into a fast tokenizer that gives mistral-common's ids for such a string
+  (:func:`load_tokenizer` picks it).
 * Kimi-Audio: two aligned id streams, laid out as the remote code's prompt manager lays out a user text
   message followed by a user audio message and the assistant's start (see :func:`kimi_audio`). The audio
   stream carries the clip's GLM-4-Voice codes (+ the kimia token offset, 152064), which the caller computes
@@ -23,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,8 @@ OMNI_SYSTEM = "You are a helpful assistant."
 OMNI_VOICE_SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
                      "auditory and visual inputs, as well as generating text and speech.")
 AF3_SYSTEM = "You are a helpful assistant."
+# Qwen2-Audio-7B-Instruct's chat template inserts this system prompt when a conversation has none.
+QWEN2_AUDIO_SYSTEM = "You are a helpful assistant."
 # Named system prompts a config may give by name (their text holds commas, which a config string cannot).
 SYSTEM_PRESETS = {"omni_voice": OMNI_VOICE_SYSTEM}
 
@@ -64,6 +75,50 @@ def audio_flamingo3(question: str, n_audio: int, system: str = AF3_SYSTEM) -> st
     """Audio Flamingo 3's prompt: ``<sound>*n_audio`` then the question as the user turn."""
     _check_count(n_audio)
     return _chatml(system, "<sound>" * n_audio + question)
+
+
+def qwen2_audio(question: str, n_audio: int, system: str = QWEN2_AUDIO_SYSTEM) -> str:
+    """Qwen2-Audio's prompt: ``Audio 1: <|audio_bos|><|AUDIO|>*n_audio<|audio_eos|>\\nquestion`` as the user
+    turn, in ChatML with ``system`` (default: the template's own).
+
+    Source: Qwen2-Audio-7B-Instruct's chat template (the hub's ``chat_template.json``, the same text as
+    transformers' ``Qwen2AudioProcessor.default_chat_template``): a system turn "You are a helpful assistant."
+    when the conversation has none; in a user turn each audio item is written ``Audio {k}:
+    <|audio_bos|><|AUDIO|><|audio_eos|>\\n`` (k from 1) and a text item as itself, right after; the turn ends
+    ``<|im_end|>\\n`` and the generation prompt is ``<|im_start|>assistant\\n``. ``Qwen2AudioProcessor``
+    then repeats ``<|AUDIO|>`` to the clip's token count (``processing_qwen2_audio.py``), here ``n_audio``."""
+    _check_count(n_audio)
+    return _chatml(system, f"Audio 1: <|audio_bos|>{'<|AUDIO|>' * n_audio}<|audio_eos|>\n{question}")
+
+
+# The form of every tekken special token's text (``<s>``, ``</s>``, ``<unk>``, ``<pad>``, ``[INST]``, ``[AUDIO]``,
+# ``<SPECIAL_42>``, ...): text of this form in a prompt's question would be split out as that special token by
+# the converted tokenizer but encoded as plain text by mistral-common, so it is refused.
+_TEKKEN_SPECIAL_TEXT = re.compile(r"</?s>|<unk>|<pad>|<SPECIAL_\d+>|\[/?[A-Z_]+\]")
+
+
+def voxtral(question: str, n_audio: int, system: str | None = None) -> str:
+    """Voxtral's prompt: ``<s>[INST][BEGIN_AUDIO][AUDIO]*n_audio question[/INST]`` (no space anywhere).
+
+    Source: mistral-common's instruct encoding (``tokens/tokenizers/instruct.py``, ``InstructTokenizerV7``) of
+    one user message holding an audio chunk then a text chunk: BOS, ``[INST]``, the audio encoder's
+    ``[BEGIN_AUDIO]`` + ``[AUDIO]`` * N (``tokens/tokenizers/audio.py``: N = 375 per started 30-s window), the
+    text's own tokens, ``[/INST]``; no EOS, the answer starts right after. There is no system prompt:
+    mistral-common refuses a system message in a conversation with audio (and the model card says system
+    prompts are not supported yet), so ``system`` is refused too (it is here so that a study config naming
+    one fails by name). The string is special-token text for :func:`tokenize` with the tokenizer of
+    :func:`tekken_tokenizer`, which then gives mistral-common's ids. A question holding text of a special
+    token's form (``[INST]``, ``</s>``, ...) is refused: mistral-common encodes it as plain text, the
+    tokenizer would read the special token.
+    """
+    _check_count(n_audio)
+    if system is not None:
+        raise ValueError(f"system={system!r}: Voxtral takes no system prompt with audio (mistral-common refuses a "
+                         "system message when audio is present)")
+    held = [m.group() for m in _TEKKEN_SPECIAL_TEXT.finditer(question)]
+    if held:
+        raise ValueError(f"Voxtral's question must not hold special-token text; it holds {held}")
+    return f"<s>[INST][BEGIN_AUDIO]{'[AUDIO]' * n_audio}{question}[/INST]"
 
 
 # Kimi-Audio's control tokens (its prompts' markers; text_eos ends a text answer) -> their offset from the number
@@ -134,18 +189,50 @@ def left_pad(rows: Sequence[dict[str, np.ndarray]], pad_id: int) -> dict[str, np
 def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
     """The checkpoint directory's own tokenizer (local files only: nothing is downloaded).
 
-    ``tiktoken.model`` without ``tokenizer.json`` (Kimi-Audio) goes through :func:`kimi_tokenizer`; anything
-    else through ``AutoTokenizer`` (``tokenizer.json``: Qwen2.5-Omni, Audio Flamingo 3, our converted
-    checkpoints). A directory with no tokenizer files at all is refused by name.
+    ``tekken.json`` (Voxtral) goes through :func:`tekken_tokenizer`, whether or not a ``tokenizer.json`` lies
+    beside it (with mistral-common installed, ``AutoTokenizer`` would pick mistral-common's backend, which
+    reads no special-token text); ``tiktoken.model`` without ``tokenizer.json`` (Kimi-Audio) through
+    :func:`kimi_tokenizer`; anything else through ``AutoTokenizer`` (``tokenizer.json``: Qwen2.5-Omni, Audio
+    Flamingo 3, Qwen2-Audio, our converted checkpoints). A directory with no tokenizer files at all is refused
+    by name.
     """
     path = Path(directory)
+    if path.is_dir() and (path / TEKKEN_FILE).exists():
+        return tekken_tokenizer(path / TEKKEN_FILE)
     if path.is_dir() and (path / TIKTOKEN_FILE).exists() and not (path / "tokenizer.json").exists():
         return kimi_tokenizer(path)
     if path.is_dir() and not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-        raise FileNotFoundError(f"{path} holds neither tokenizer.json (a transformers fast tokenizer) nor "
+        raise FileNotFoundError(f"{path} holds neither tokenizer.json (a transformers fast tokenizer), "
                                 f"{TIKTOKEN_FILE} (a tiktoken BPE vocabulary with tokenizer_config.json, as Kimi-Audio "
-                                "ships its text tokenizer)")
+                                f"ships its text tokenizer) nor {TEKKEN_FILE} (Mistral's tokenizer file, as Voxtral "
+                                "ships it)")
     return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+
+
+TEKKEN_FILE = "tekken.json"
+# The named special tokens of every tekken vocabulary (mistral-common's SpecialTokens, ids 0, 1, 2 and 11).
+_TEKKEN_NAMED = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+
+
+def tekken_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Mistral's ``tekken.json`` (Voxtral's tokenizer) as a fast tokenizer, by transformers' own conversion
+    (``transformers.integrations.mistral.MistralConverter``; no mistral-common at run time).
+
+    A tekken file holds ``default_num_special_tokens`` special tokens at ids 0..S-1 (``special_tokens``, the
+    rest ``<SPECIAL_{id}>``), then byte-level BPE tokens (tiktoken ranks, base64 bytes) at S + rank, cut to
+    ``default_vocab_size`` in all, and its pre-tokenizer split ``config.pattern``. The converter gives exactly
+    that layout and tiktoken's merges; the special tokens are read out of prompt text (mistral-common's
+    ``Tekkenizer.encode`` does not; its instruct encoder places them by id). Named: ``<s>`` bos, ``</s>`` eos
+    (what ends an answer), ``<unk>``, ``<pad>`` (left padding); each must be in the file. Plain ``encode``
+    adds no BOS: the prompts hold it (:func:`voxtral`)."""
+    from transformers.integrations.mistral import MistralConverter
+
+    path = Path(path)
+    backend = MistralConverter(str(path)).converted()
+    missing = [t for t in _TEKKEN_NAMED.values() if backend.token_to_id(t) is None]
+    if missing:
+        raise ValueError(f"{path} lacks the special tokens {missing}")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False, **_TEKKEN_NAMED)
 
 
 TIKTOKEN_FILE = "tiktoken.model"
@@ -282,8 +369,10 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> dict
     return {"input_ids": out["input_ids"].astype(np.int32), "attention_mask": out["attention_mask"].astype(np.int32)}
 
 
-# The tokens that end a model's text answer: ChatML's end of turn (Qwen2.5-Omni, Audio Flamingo 3, SmolLM2),
-# Kimi-Audio's text end, and the base models' end of text.
+# The tokens that end a model's text answer: ChatML's end of turn (Qwen2.5-Omni, Audio Flamingo 3, Qwen2-Audio,
+# SmolLM2), Kimi-Audio's text end, and the base models' end of text. Voxtral's ``</s>`` is not listed: it is the eos
+# token of tekken_tokenizer, which stop_token_ids takes anyway, and as a literal it could name a plain BPE token of
+# another vocabulary.
 END_OF_ANSWER = ("<|im_end|>", "<|im_kimia_text_eos|>", "<|endoftext|>")
 
 

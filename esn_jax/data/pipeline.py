@@ -9,9 +9,13 @@ which the encoders ignore). Clips longer than the largest bucket are truncated t
 
 Shapes: B = batch_size. ``Batch.features`` are the model's feature dict (see ``ports.features``):
 qwen2_5_omni ``input_features`` [B, M, F_s], ``feature_attention_mask`` [B, F_s] with F_s = 100·s rounded
-up to whole 200-frame chunks; audio_flamingo3 / kimi_audio windows [B·W_s, M, 3000] with W_s = ceil(s / 30)
-(trailing all-masked windows belong to no clip), audio_flamingo3's cut to 100·s + 2 frames (rounded up to
-even) when one window holds the bucket (exact: see ``ports.audio.AudioEncoder``).
+up to whole 200-frame chunks; audio_flamingo3 / kimi_audio / voxtral windows [B·W_s, M, 3000] with W_s =
+ceil(s / 30) (trailing windows belong to no clip: all-masked, or for voxtral, which has no mask, all-zero
+padding that ``windows_per_clip`` leaves out); qwen2_audio one window per clip, ``input_features`` [B, M, F]
+and ``feature_attention_mask`` [B, F]. audio_flamingo3 (when one window holds the bucket) and qwen2_audio
+(always: its buckets are at most 30 s) are cut to F = 100·s + 2 frames rounded up to even: both encoders
+mask the keys past a clip's end, so the frames beyond change no clip's tokens (exact: see
+``ports.audio.AudioEncoder``). voxtral's windows are never cut: its encoder attends to every frame.
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ from ports import features as model_features
 from ports.features import SAMPLE_RATE
 
 FEATURES = {"qwen2_5_omni": model_features.qwen2_5_omni, "audio_flamingo3": model_features.audio_flamingo3,
-            "kimi_audio": model_features.kimi_audio}
+            "kimi_audio": model_features.kimi_audio, "qwen2_audio": model_features.qwen2_audio,
+            "voxtral": model_features.voxtral}
+# Models whose one-window features are cut after the bucket (module docstring): the arrays cut.
+_CUT = {"audio_flamingo3": ("input_features", "input_features_mask"),
+        "qwen2_audio": ("input_features", "feature_attention_mask")}
 _CHUNK_FRAMES = 200  # Qwen2.5-Omni's encoder chunk (2 * n_window)
 _FRAMES_PER_SECOND = SAMPLE_RATE // model_features.HOP
 
@@ -54,6 +62,10 @@ class PipelineConfig:
             raise ValueError(f"long_clips={self.long_clips!r}; expected 'truncate' or 'drop'")
         if list(self.buckets) != sorted(self.buckets) or not self.buckets:
             raise ValueError(f"buckets={self.buckets} must be a non-empty ascending sequence of seconds")
+        if self.model == "qwen2_audio" and self.buckets[-1] > model_features.WINDOW_SECONDS:
+            raise ValueError(f"buckets={self.buckets}: qwen2_audio takes clips of at most "
+                             f"{model_features.WINDOW_SECONDS} s, so its buckets must not exceed that (longer clips "
+                             "are then truncated or dropped by long_clips)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,11 +155,11 @@ def make_batch(group: Sequence[Example], seconds: float, config: PipelineConfig)
         windows = math.ceil(seconds / model_features.WINDOW_SECONDS)
         feats = FEATURES[config.model](clips, n_mels=config.n_mels)
         feats = {k: _pad_axis(v, 0, config.batch_size * windows) if v.ndim > 1 else v for k, v in feats.items()}
-        if config.model == "audio_flamingo3" and windows == 1:
-            # AF3 masks the keys past a clip, so a window cut 2 frames after the bucket's end (the encoder's
-            # convolutions reach 2 frames) gives every clip the same tokens as the whole 30-s window.
+        if config.model in _CUT and windows == 1:
+            # AF3 and Qwen2-Audio mask the keys past a clip, so a window cut 2 frames after the bucket's end (the
+            # encoder's convolutions reach 2 frames) gives every clip the same tokens as the whole 30-s window.
             frames = 2 * math.ceil((seconds * _FRAMES_PER_SECOND + 2) / 2)
-            feats = {k: v[..., :frames] if k.startswith("input_features") else v for k, v in feats.items()}
+            feats = {k: v[..., :frames] if k in _CUT[config.model] else v for k, v in feats.items()}
     return Batch(features=feats, labels=np.array([ex.label for ex in rows], np.int32),
                  valid=np.arange(config.batch_size) < n, speakers=tuple(ex.speaker for ex in rows),
                  ids=tuple(ex.id for ex in rows), seconds=seconds)

@@ -1,6 +1,7 @@
 """Prompt builders: the template text, the token ids through a tokenizer loaded from a directory, the
 placeholder count from the features module, and left padding."""
 
+import base64
 import json
 import re
 
@@ -12,6 +13,17 @@ from ports import features, prompts
 from ports.audio import output_lengths
 from tests.ports.kimi_tokenizer_fixture import WORDS as KIMI_WORDS
 from tests.ports.kimi_tokenizer_fixture import ranks_for, write_kimi_tokenizer
+from tests.ports.qwen2_audio_tokenizer_fixture import SPECIAL_IDS as QWEN2_AUDIO_IDS
+from tests.ports.qwen2_audio_tokenizer_fixture import write_qwen2_audio_tokenizer
+from tests.ports.voxtral_tekken_fixture import (
+    SPECIAL_TOKENS,
+    mistral_common_chat,
+    pcm16,
+    write_tekken,
+    write_tekken_from_wheel,
+)
+from tests.ports.voxtral_tekken_fixture import WORDS as TEKKEN_WORDS
+from tests.ports.voxtral_tekken_fixture import ranks_for as ranks_for_tekken
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<sound>",
             *prompts.KIMI_TOKENS]
@@ -68,6 +80,10 @@ def test_default_system_prompts_and_layout():
                                                 "<|im_start|>user\n<sound><sound>Hi<|im_end|>\n<|im_start|>assistant\n")
     with pytest.raises(ValueError, match="n_audio=0"):
         prompts.audio_flamingo3("Hi", 0)
+    assert prompts.qwen2_audio("Hi", 2) == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                                            "<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|AUDIO|><|audio_eos|>\n"
+                                            "Hi<|im_end|>\n<|im_start|>assistant\n")
+    assert prompts.voxtral("Hi", 2) == "<s>[INST][BEGIN_AUDIO][AUDIO][AUDIO]Hi[/INST]"
 
 
 def test_qwen2_5_omni_ids_with_the_count_from_the_features(tokenizer):
@@ -301,9 +317,182 @@ def test_kimi_tokenizer_refuses_repeated_or_missing_ranks(tmp_path):
 
 def test_load_tokenizer_names_both_files_when_neither_is_there(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=r"neither tokenizer.json \(a transformers fast tokenizer\) nor "
-                                                r"tiktoken.model \(a tiktoken BPE vocabulary"):
+    with pytest.raises(FileNotFoundError, match=r"neither tokenizer.json \(a transformers fast tokenizer\), "
+                                                r"tiktoken.model \(a tiktoken BPE vocabulary.* nor tekken.json"):
         prompts.load_tokenizer(tmp_path)
     (tmp_path / "tiktoken.model").write_text("IQ== 0\n")
     with pytest.raises(FileNotFoundError, match="tiktoken.model but no tokenizer_config.json"):
+        prompts.load_tokenizer(tmp_path)
+
+
+# --- Qwen2-Audio: ChatML with its "Audio 1:" layout (tests/ports/qwen2_audio_tokenizer_fixture.py) ---
+
+QUESTION = "What emotion is this?"
+
+
+@pytest.fixture(scope="module")
+def qwen2_audio_tok(tmp_path_factory):
+    return prompts.load_tokenizer(write_qwen2_audio_tokenizer(tmp_path_factory.mktemp("qwen2_audio_tok")))
+
+
+@pytest.mark.parametrize("seconds", [1.0, 7.3, 30.0])
+def test_qwen2_audio_prompt_is_the_processors(qwen2_audio_tok, seconds):
+    """transformers' Qwen2AudioProcessor renders its chat template (the hub's, per transformers' copy) for a user
+    turn of one audio then the question, and expands <|AUDIO|> for the clip: the same text and ids as ours with
+    the count from ports.features."""
+    from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
+
+    processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128),
+                                    tokenizer=qwen2_audio_tok)
+    audio = clip(seconds, seed=3)
+    conversation = [{"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
+                                                 {"type": "text", "text": QUESTION}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    want = processor(text=text, audio=[audio], sampling_rate=16000, return_tensors="np")["input_ids"]
+    n = int(features.qwen2_audio([audio])["num_audio_tokens"][0])
+    ours = prompts.qwen2_audio(QUESTION, n)
+    assert ours == text.replace("<|AUDIO|>", "<|AUDIO|>" * n)
+    batch = prompts.tokenize(qwen2_audio_tok, [ours])
+    assert batch["input_ids"].tolist() == want.tolist()
+    ids = batch["input_ids"][0].tolist()
+    assert ids.count(QWEN2_AUDIO_IDS["<|AUDIO|>"]) == n == design_count(audio.size)
+    head = [QWEN2_AUDIO_IDS["<|audio_bos|>"], *[QWEN2_AUDIO_IDS["<|AUDIO|>"]] * n, QWEN2_AUDIO_IDS["<|audio_eos|>"]]
+    start = ids.index(QWEN2_AUDIO_IDS["<|audio_bos|>"])
+    assert ids[start:start + n + 2] == head
+    assert ids[-3:] == [QWEN2_AUDIO_IDS["<|im_start|>"], *qwen2_audio_tok.encode("assistant\n")]
+
+
+def test_qwen2_audio_stops_and_pads_at_its_ids(qwen2_audio_tok):
+    assert prompts.stop_token_ids(qwen2_audio_tok) == (151645, 151643)  # eos <|im_end|>, then <|endoftext|>
+    batch = prompts.tokenize(qwen2_audio_tok, [prompts.qwen2_audio("Hi", 1), prompts.qwen2_audio("Hi", 3)])
+    assert batch["input_ids"][0, :2].tolist() == [151643, 151643] and batch["attention_mask"][0, :2].sum() == 0
+
+
+# --- Voxtral: mistral-common's instruct layout through the converted tekken tokenizer ---
+
+VOXTRAL_TEXTS = [QUESTION, *TEXTS[:4], " neutral neutral  happy   sad\n\nangry", "feeling  feel 2024"]
+
+
+@pytest.fixture(scope="module")
+def tekken_dir(tmp_path_factory):
+    return write_tekken(tmp_path_factory.mktemp("tekken"))
+
+
+@pytest.fixture(scope="module")
+def tekken_tok(tekken_dir):
+    return prompts.load_tokenizer(tekken_dir)
+
+
+def tiktoken_tekken(directory):
+    """An independent reading of tekken.json, the one mistral-common's Tekkenizer makes: the first
+    default_vocab_size - default_num_special_tokens BPE tokens as tiktoken ranks, the config's pattern, no
+    special tokens (they are placed by id, never read from text); a token's id is its rank + the special count."""
+    tiktoken = pytest.importorskip("tiktoken")
+    data = json.loads((directory / "tekken.json").read_text())
+    n_special, size = data["config"]["default_num_special_tokens"], data["config"]["default_vocab_size"]
+    ranks = {base64.b64decode(t["token_bytes"]): t["rank"] for t in data["vocab"][:size - n_special]}
+    encoding = tiktoken.Encoding("tekken_fixture", pat_str=data["config"]["pattern"], mergeable_ranks=ranks,
+                                 special_tokens={})
+    return lambda text: [n_special + i for i in encoding.encode(text, disallowed_special=())]
+
+
+@pytest.mark.parametrize("text", VOXTRAL_TEXTS)
+def test_tekken_tokenizer_encodes_as_tiktoken_does(tekken_dir, tekken_tok, text):
+    want = tiktoken_tekken(tekken_dir)(text)
+    assert tekken_tok.encode(text, add_special_tokens=False) == want
+    assert tekken_tok(text)["input_ids"] == want  # no BOS either way: the prompt holds it
+    assert tekken_tok.decode(want) == text
+
+
+def test_tekken_tokenizer_layout(tekken_tok):
+    """Special tokens at their ids, BPE tokens at 1000 + rank, the file's tokens past default_vocab_size cut."""
+    words = ranks_for_tekken(TEKKEN_WORDS)
+    assert len(tekken_tok) == 1000 + len(words)
+    for i, token in SPECIAL_TOKENS.items():
+        assert tekken_tok.convert_tokens_to_ids(token) == i
+    assert tekken_tok.convert_ids_to_tokens(20) == "<SPECIAL_20>"
+    assert tekken_tok.encode(" emotion", add_special_tokens=False) == [1000 + words[b" emotion"]]
+    assert tekken_tok.encode(" feel", add_special_tokens=False) == [1000 + b for b in b" feel"]  # beyond: bytes
+    assert (tekken_tok.bos_token_id, tekken_tok.eos_token_id, tekken_tok.pad_token_id, tekken_tok.unk_token_id) == (
+        1, 2, 11, 0)
+    assert prompts.stop_token_ids(tekken_tok) == (2,)  # </s>, the tokenizer's eos
+
+
+@pytest.mark.parametrize("seconds", [1.0, 31.0])
+def test_voxtral_prompt_ids(tekken_dir, tekken_tok, seconds):
+    """With the count from ports.features: BOS, [INST], [BEGIN_AUDIO], [AUDIO] * n, the question's own tokens,
+    [/INST] (mistral-common's InstructTokenizerV7 layout, written out here with tiktoken for the question)."""
+    n = int(features.voxtral([clip(seconds)])["num_audio_tokens"][0])
+    assert n == 375 * (1 if seconds <= 30 else 2)
+    batch = prompts.tokenize(tekken_tok, [prompts.voxtral(QUESTION, n)])
+    assert batch["input_ids"].tolist() == [[1, 3, 25, *[24] * n, *tiktoken_tekken(tekken_dir)(QUESTION), 4]]
+
+
+@pytest.mark.parametrize("seconds", [1.0, 31.0])
+def test_voxtral_prompt_ids_are_mistral_commons(tekken_dir, tekken_tok, seconds):
+    """mistral-common itself encodes the chat message (the clip as an audio chunk, then the question)."""
+    pytest.importorskip("mistral_common")
+    audio = pcm16(clip(seconds))
+    want = mistral_common_chat(tekken_dir / "tekken.json", audio, QUESTION).tokens
+    n = int(features.voxtral([audio])["num_audio_tokens"][0])
+    assert prompts.tokenize(tekken_tok, [prompts.voxtral(QUESTION, n)])["input_ids"].tolist() == [want]
+
+
+@pytest.mark.parametrize("text", VOXTRAL_TEXTS)
+def test_tekken_tokenizer_is_mistral_commons(tekken_dir, tekken_tok, text):
+    pytest.importorskip("mistral_common")
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    want = Tekkenizer.from_file(tekken_dir / "tekken.json").encode(text, bos=False, eos=False)
+    assert tekken_tok.encode(text, add_special_tokens=False) == want
+
+
+def test_tekken_tokenizer_on_the_real_131k_vocabulary(tmp_path):
+    """The vocabulary mistral-common ships (150000 BPE tokens cut at 131072 ids), in Voxtral's layout: our
+    conversion against mistral-common's Tekkenizer on varied text, and a whole prompt against its chat encoding."""
+    pytest.importorskip("mistral_common")
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    directory = write_tekken_from_wheel(tmp_path)
+    tok = prompts.load_tokenizer(directory)
+    assert len(tok) == 131072
+    reference = Tekkenizer.from_file(directory / "tekken.json")
+    for text in [*VOXTRAL_TEXTS, TEXTS[4], "  leading, trailing  \n", "x" * 300, "1234567890 3.14159 ½ ²"]:
+        assert tok.encode(text, add_special_tokens=False) == reference.encode(text, bos=False, eos=False), text
+    audio = pcm16(clip(1.0))
+    want = mistral_common_chat(directory / "tekken.json", audio, QUESTION).tokens
+    assert prompts.tokenize(tok, [prompts.voxtral(QUESTION, 375)])["input_ids"].tolist() == [want]
+
+
+def test_voxtral_batch_is_left_padded_with_pad(tekken_tok):
+    batch = prompts.tokenize(tekken_tok, [prompts.voxtral("What", 375), prompts.voxtral(QUESTION, 375)])
+    short = len(batch["input_ids"][0]) - int(batch["attention_mask"][0].sum())
+    assert short == len(tekken_tok.encode(QUESTION, add_special_tokens=False)) - 1 > 0
+    assert batch["input_ids"][0, :short].tolist() == [11] * short  # <pad>
+    assert (batch["input_ids"] == 24).sum(1).tolist() == [375, 375]
+
+
+def test_voxtral_refuses_a_system_prompt_and_special_text():
+    with pytest.raises(ValueError, match="Voxtral takes no system prompt with audio"):
+        prompts.voxtral("Hi", 375, system="Be brief.")
+    with pytest.raises(ValueError, match=re.escape("must not hold special-token text; it holds ['[INST]', '</s>']")):
+        prompts.voxtral("Say [INST] then </s>", 375)
+    assert prompts.voxtral("[a] <b> [Note]", 1).endswith("[a] <b> [Note][/INST]")  # not a special token's form
+
+
+def test_load_tokenizer_reads_tekken_json_first(tmp_path):
+    """A tokenizer.json beside tekken.json is not used: mistral-common (the reference) reads tekken.json."""
+    write_qwen2_audio_tokenizer(tmp_path)
+    write_tekken(tmp_path)
+    tok = prompts.load_tokenizer(tmp_path)
+    assert tok.convert_tokens_to_ids("[AUDIO]") == 24 and tok.convert_tokens_to_ids("<|AUDIO|>") == tok.unk_token_id
+
+
+def test_tekken_tokenizer_needs_its_named_tokens(tmp_path):
+    write_tekken(tmp_path)
+    path = tmp_path / "tekken.json"
+    data = json.loads(path.read_text())
+    data["special_tokens"][11]["token_str"] = "[PAD]"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=re.escape(f"{path} lacks the special tokens ['<pad>']")):
         prompts.load_tokenizer(tmp_path)

@@ -19,7 +19,7 @@ from esn_jax.data import FOUR, pipeline
 from esn_jax.data import prepare as prepare_data
 from esn_jax.data.synthetic_prosody import PROFILES
 from ports.audio import AudioEncoderConfig
-from ports.features import audio_flamingo3, qwen2_5_omni
+from ports.features import audio_flamingo3, qwen2_5_omni, qwen2_audio, voxtral
 from ports.qwen2_5_omni import Qwen2_5OmniConfig, Qwen2_5OmniThinker, init_inputs
 from tests.esn_jax.data import dummy_trees as trees
 
@@ -161,3 +161,46 @@ def test_af3_windows_are_cut_after_the_bucket(tiny_dir):
         np.testing.assert_array_equal(short.features[key], whole[key][..., :252])
     long_ = pipeline.make_batch(examples, 45.0, cfg)  # two windows per clip: whole windows
     assert long_.features["input_features"].shape == (4, 16, 3000)
+
+
+def test_qwen2_audio_window_is_cut_after_the_bucket(tiny_dir):
+    """One window per clip, cut like AF3's (Qwen2-Audio masks the keys past a clip too): the first 100·s + 2
+    frames of the 30-s window and its frame mask; the token counts are the whole window's. Padding rows repeat
+    the last clip."""
+    cfg = pipeline.PipelineConfig(model="qwen2_audio", batch_size=3, buckets=(2.5, 30.0), n_mels=16, view="four")
+    examples = list(pipeline.read("synthetic_prosody/tiny", "test", tiny_dir, view="four"))[:2]
+    short = pipeline.make_batch(examples, 2.5, cfg)
+    assert short.features["input_features"].shape == (3, 16, 252)
+    assert short.features["feature_attention_mask"].shape == (3, 252)
+    whole = qwen2_audio([ex.wave for ex in [*examples, examples[-1]]], n_mels=16)
+    for key in ("input_features", "feature_attention_mask"):
+        np.testing.assert_array_equal(short.features[key], whole[key][..., :252])
+    np.testing.assert_array_equal(short.features["num_audio_tokens"], whole["num_audio_tokens"])
+    assert short.valid.tolist() == [True, True, False]
+    assert pipeline.make_batch(examples, 30.0, cfg).features["input_features"].shape == (3, 16, 3000)
+
+
+def test_qwen2_audio_buckets_stop_at_30_s():
+    with pytest.raises(ValueError, match=r"qwen2_audio takes clips of at most 30 s"):
+        pipeline.PipelineConfig(model="qwen2_audio", buckets=(2.0, 45.0))
+    long_ = pipeline.Example(np.full(40 * 16000, 0.1, np.float32), 0, "s", "a")  # truncated to the 30-s bucket
+    cfg = pipeline.PipelineConfig(model="qwen2_audio", batch_size=1, buckets=(30.0,), n_mels=16)
+    (batch,) = pipeline.Batches([long_], cfg)
+    assert batch.features["feature_attention_mask"].sum() == 3000 and batch.features["num_audio_tokens"][0] == 750
+
+
+def test_voxtral_windows_are_whole_and_padded_to_the_bucket(tiny_dir):
+    """Voxtral's windows are never cut (its encoder masks nothing): the clips' windows as ports.features makes
+    them, then all-zero windows up to B·W_s that belong to no clip."""
+    cfg = pipeline.PipelineConfig(model="voxtral", batch_size=3, buckets=(2.5, 45.0), n_mels=16, view="four")
+    examples = list(pipeline.read("synthetic_prosody/tiny", "test", tiny_dir, view="four"))[:2]
+    clips = [ex.wave for ex in [*examples, examples[-1]]]
+    for seconds, windows in ((2.5, 1), (45.0, 2)):
+        batch = pipeline.make_batch(examples, seconds, cfg)
+        assert batch.features["input_features"].shape == (3 * windows, 16, 3000)
+        whole = voxtral(clips, n_mels=16)
+        assert batch.features["windows_per_clip"].tolist() == [1, 1, 1]
+        assert batch.features["num_audio_tokens"].tolist() == [375, 375, 375]
+        np.testing.assert_array_equal(batch.features["input_features"][:3], whole["input_features"])
+        assert not batch.features["input_features"][3:].any()
+        assert set(batch.features) == {"input_features", "windows_per_clip", "num_audio_tokens"}
