@@ -5,6 +5,8 @@
   --config=configs/study.py:local                             a fast variant (CI, a first look; two prompts)
   --config=configs/study.py:checkpoint=/ckpt/omni_jax,tokenizer=/ckpt/Qwen2.5-Omni-7B,dataset=iemocap
   --config=configs/study.py:checkpoint=/ckpt/kimi_jax,tokenizer=/ckpt/Kimi-Audio-7B-Instruct,speech_tokenizer=/ckpt/glm4_voice_tokenizer_jax
+  --config=configs/study.py:checkpoint=/ckpt/qwen2_audio_jax,tokenizer=/ckpt/Qwen2-Audio-7B-Instruct
+  --config=configs/study.py:checkpoint=/ckpt/voxtral_jax,tokenizer=/ckpt/Voxtral-Mini-3B-2507
 
 The argument is ``key=value`` pairs separated by commas (``local`` alone is ``local=true``, ``full`` alone
 ``full=true``); list values use ``+`` between items (``ks=0.005+0.01``, ``selectors=lap+cas``). Unknown keys
@@ -24,7 +26,7 @@ import ml_collections
 # a path, not an import, so that reading the config stays cheap.
 REFERENCE_DIR = str(Path(__file__).resolve().parent.parent / "esn_jax" / "reference" / "mini_lalm")
 SELECTORS = ("lap", "lape", "mad", "cas", "grad")  # the paper's four + gradient attribution
-MODELS = ("qwen2_5_omni", "audio_flamingo3", "kimi_audio")
+MODELS = ("qwen2_5_omni", "audio_flamingo3", "kimi_audio", "qwen2_audio", "voxtral")
 ANSWERS = ("score", "generate")
 AUTO = "auto"  # batch_size / variant_chunk: sized to the device that runs the study
 SIZES = ("batch_size", "variant_chunk")  # an int >= 1 or AUTO

@@ -6,6 +6,10 @@ r"""Converts a checkpoint into an esn-jax checkpoint: a Hugging Face directory, 
   python -m experiments.convert --model=whisper_encoder --ct2_dir=/models/faster-whisper-tiny.en --out=/ckpt/tiny_en
   python -m experiments.convert --model=glm4_voice_tokenizer --hf_dir=/ckpt/glm-4-voice-tokenizer \
       --out=/ckpt/glm4_voice_tokenizer_jax
+  python -m experiments.convert --model=qwen2_audio --hf_dir=/ckpt/Qwen2-Audio-7B-Instruct --out=/ckpt/qwen2_audio_jax
+  python -m experiments.convert --model=voxtral --hf_dir=/ckpt/Voxtral-Mini-3B-2507 --out=/ckpt/voxtral_jax
+
+A Hugging Face directory's tokenizer is not copied: the study reads it there (``tokenizer=``, configs/study.py).
 """
 
 from absl import app, flags

@@ -31,10 +31,15 @@ import numpy as np
 from esn_jax import sizing
 from ports import sharding
 from ports.audio import output_lengths
+from ports.features import VOXTRAL_TOKENS_PER_WINDOW, WINDOW_SECONDS
 from ports.models import abstract_params, spec
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
 GiB = 2**30
+# Each model's released config.json in MODELS_DIR (the table plans the released sizes).
+REAL_CONFIGS = {"qwen2_5_omni": "qwen2_5_omni_7b.config.json", "audio_flamingo3": "audio_flamingo3_7b.config.json",
+                "kimi_audio": "kimi_audio_7b.config.json", "qwen2_audio": "qwen2_audio_7b_instruct.config.json",
+                "voxtral": "voxtral_mini_3b.config.json"}
 PROMPT_TOKENS = 64  # system prompt, question, chat markup around the audio placeholders
 UPPER_CHUNK = 1024  # the most variants per call the plan tries (8192 sequences at 8 clips)
 
@@ -79,8 +84,11 @@ def auxiliary_bytes(model: str) -> int:
 
 
 def real_config(model: str, path: str | Path | None = None):
-    """The config of ``model`` from a Hugging Face config.json: ``path``, default its 7B one in configs/models."""
-    main = json.loads(Path(path or MODELS_DIR / f"{model}_7b.config.json").read_text())
+    """The config of ``model`` from a Hugging Face config.json: ``path``, default its released one in configs/models
+    (:data:`REAL_CONFIGS`)."""
+    if path is None and model not in REAL_CONFIGS:
+        raise ValueError(f"no real config.json of {model!r} in {MODELS_DIR} (known: {sorted(REAL_CONFIGS)}); pass one")
+    main = json.loads(Path(path or MODELS_DIR / REAL_CONFIGS[model]).read_text())
     subs = [json.loads((MODELS_DIR / "whisper_large_v3.config.json").read_text())] if spec(model).subfolders else []
     return spec(model).config_from_hf(main, *subs)
 
@@ -89,6 +97,11 @@ def sequence_length(model: str, seconds: float) -> int:
     """Prompt tokens of one clip: audio tokens at the model's rate (DESIGN §3) + the text around them."""
     if model == "kimi_audio":
         audio = int(np.ceil(seconds * 12.5))
+    elif model == "voxtral":  # whole 30-s windows, padding included: nothing is masked
+        audio = VOXTRAL_TOKENS_PER_WINDOW * int(np.ceil(seconds / WINDOW_SECONDS))
+    elif model == "qwen2_audio" and seconds > WINDOW_SECONDS:
+        raise ValueError(f"qwen2_audio takes one {WINDOW_SECONDS}-s window per clip (ports.features.qwen2_audio "
+                         f"refuses longer clips); got clip_seconds={seconds:g}")
     else:
         windows, rest = divmod(int(round(seconds * 100)), 3000)
         audio = windows * int(output_lengths(3000)) + (int(output_lengths(rest)) if rest else 0)

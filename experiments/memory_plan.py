@@ -11,7 +11,8 @@ device's memory); it prints the backend and, for each model, the largest call cl
 device of it and of one variant more. A budget too small for one variant is an error naming both.
 Without --here it prints the table for common GPU and TPU slices, compiled on the CPU backend (8 CPU devices stand in
 for a slice's) with the error margin of that estimate in its heading.
---model_config: a Hugging Face config.json for the one --model (default: its 7B config in configs/models).
+--model_config: a Hugging Face config.json for the one --model (default: its released config in configs/models,
+experiments.memory.REAL_CONFIGS).
 """
 
 import jax
@@ -21,6 +22,7 @@ from absl import app, flags
 from esn_jax import sizing
 from experiments import devices
 from experiments.memory import (
+    REAL_CONFIGS,
     SLICES,
     UPPER_CHUNK,
     gpu_jump,
@@ -32,8 +34,8 @@ from experiments.memory import (
     sequence_length,
 )
 
-_MODELS = flags.DEFINE_list("model", ["qwen2_5_omni", "audio_flamingo3", "kimi_audio"], "Models to plan.")
-_MODEL_CONFIG = flags.DEFINE_string("model_config", "", "config.json of the one --model (default: its 7B one).")
+_MODELS = flags.DEFINE_list("model", list(REAL_CONFIGS), "Models to plan.")
+_MODEL_CONFIG = flags.DEFINE_string("model_config", "", "config.json of the one --model (default: its released one).")
 _CLIP_SECONDS = flags.DEFINE_float("clip_seconds", 30.0, "Clip length the activations are planned for.")
 _DTYPE = flags.DEFINE_enum("compute_dtype", "bfloat16", ["bfloat16", "float32"], "Parameter and activation dtype.")
 _EMOTIONS = flags.DEFINE_integer("emotions", 7, "E, emotions in the statistics (MELD has 7).")

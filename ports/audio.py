@@ -346,14 +346,16 @@ def splice(embeds, placeholders, audio, valid, what: str = "audio placeholders")
 
     embeds [B, T, H]; placeholders [B, T] bool; audio [R, N, H] with valid [R, N] bool (R clips or windows,
     each row's valid tokens a prefix). The k-th placeholder in row-major order gets the k-th valid token.
-    With concrete inputs the counts are checked (per row too when R == B: one clip per prompt).
+    With concrete inputs the total counts are checked, as transformers checks them (a prompt may hold several
+    clips, or none).
     """
     if is_concrete(placeholders, valid):
         n_ph, n_audio = np.asarray(placeholders).sum(-1), np.asarray(valid).sum(-1)
-        if n_ph.sum() != n_audio.sum() or (len(n_ph) == len(n_audio) and (n_ph != n_audio).any()):
-            raise ValueError(f"the prompts hold {n_ph.tolist()} {what} per row but the audio features give "
-                             f"{n_audio.tolist()} audio tokens per clip; the counts must be equal (build the "
-                             "prompt from the same features, e.g. with ports.prompts)")
+        if n_ph.sum() != n_audio.sum():
+            raise ValueError(f"the prompts hold {n_ph.sum()} {what} ({n_ph.tolist()} per prompt) but the audio "
+                             f"features give {n_audio.sum()} audio tokens ({n_audio.tolist()} per row of features); "
+                             "the counts must be equal (build the prompt from the same features, e.g. with "
+                             "ports.prompts)")
     flat_audio = audio.reshape(-1, audio.shape[-1]).astype(embeds.dtype)
     order = jnp.nonzero(valid.reshape(-1), size=valid.size, fill_value=0)[0]
     rank = jnp.cumsum(placeholders.reshape(-1).astype(jnp.int32)) - 1

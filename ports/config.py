@@ -166,4 +166,5 @@ def _rope_theta(hf: Mapping[str, Any], problems: list[str]) -> float:
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type != "default":
         problems.append(f"rope scaling rope_type={rope_type!r} is not implemented (expected 'default')")
-    return float(params.get("rope_theta", hf.get("rope_theta", 1e6)))
+    # A config that names no theta gets transformers' default, the same for Qwen2Config and LlamaConfig.
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))

@@ -74,9 +74,9 @@ class KimiAudioConfig(Config):
         """``hf``: the checkpoint's config.json; ``whisper_hf``: ``whisper-large-v3/config.json``.
 
         RoPE theta is 10000 when config.json gives none (neither ``rope_theta`` nor a ``rope_parameters`` /
-        ``rope_scaling`` theta): the remote config class (``configuration_moonshot_kimia.py``) defaults to 10000
-        there, unlike the 1e6 that :meth:`DecoderConfig.from_hf` assumes for a bare Qwen2 config. The released
-        config.json states 1e6. ``token_offset`` comes from ``kimia_token_offset`` (default 152064).
+        ``rope_scaling`` theta): the remote config class (``configuration_moonshot_kimia.py``) defaults to 10000,
+        as :meth:`DecoderConfig.from_hf` does for any config. The released config.json states 1e6.
+        ``token_offset`` comes from ``kimia_token_offset`` (default 152064).
         """
         if hf.get("model_type") != "kimi_audio" and "kimia_mimo_layers" not in hf:
             raise UnsupportedConfigError(f"config.json has model_type={hf.get('model_type')!r} and no kimia_* "
@@ -85,24 +85,12 @@ class KimiAudioConfig(Config):
             raise UnsupportedConfigError("use_whisper_feature=False is not implemented")
         kimia = {k for k in hf if k.startswith("kimia_") or k in _KIMIA_OTHER}
         text_hf = {**{k: v for k, v in hf.items() if k not in kimia}, "model_type": "qwen2"}
-        if _theta_missing(hf):
-            text_hf["rope_theta"] = KIMI_DEFAULT_ROPE_THETA
         text = DecoderConfig.from_hf(text_hf)
         whisper = whisper_config_from_hf(whisper_hf, f"{WHISPER_DIR}/config.json")
         return cls(text=text, whisper=whisper, mimo_layers=hf.get("kimia_mimo_layers", 6),
                    mimo_from_layer=hf.get("kimia_mimo_transformer_from_layer_index", 21),
                    adaptor_input_dim=hf.get("kimia_adaptor_input_dim", 5120),
                    token_offset=hf.get("kimia_token_offset", 152064))
-
-
-# The remote KimiAudioConfig's rope_theta default (it is the value a config.json without one gets there).
-KIMI_DEFAULT_ROPE_THETA = 10000.0
-
-
-def _theta_missing(hf: Mapping[str, Any]) -> bool:
-    """Whether config.json names no RoPE theta anywhere ``ports.config._rope_theta`` looks for one."""
-    return ("rope_theta" not in hf and "rope_theta" not in (hf.get("rope_parameters") or {})
-            and "rope_theta" not in (hf.get("rope_scaling") or {}))
 
 
 # Kimi's token bookkeeping (ids of the kimia control tokens, output vocab split, audio delay for

@@ -40,6 +40,11 @@ _AUDIO_IGNORED = frozenset({"vocab_size", "head_dim", "num_key_value_heads"})
 _USED = frozenset({"model_type", "audio_config", "text_config", "audio_token_id", "projector_hidden_act",
                    "hidden_size", "vocab_size"})
 
+# transformers' VoxtralConfig fills what text_config leaves out with these (then LlamaConfig's defaults).
+VOXTRAL_TEXT_DEFAULTS = {"vocab_size": 131072, "hidden_size": 3072, "intermediate_size": 8192,
+                         "num_hidden_layers": 30, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+                         "rope_theta": 1e8, "head_dim": 128}
+
 
 @dataclasses.dataclass(frozen=True)
 class VoxtralConfig(Config):
@@ -88,7 +93,7 @@ class VoxtralConfig(Config):
         lalm.refuse(problems, lalm.unknown_top_level(hf, _USED), "voxtral")
         encoder = encoder_config_from_hf(audio, names=_AUDIO_NAMES, ignored=_AUDIO_IGNORED, extra={},
                                          what="audio_config")
-        text = text_config_from_hf(hf["text_config"])
+        text = text_config_from_hf({"model_type": "llama", **VOXTRAL_TEXT_DEFAULTS, **hf["text_config"]})
         try:
             return cls(audio=encoder, text=text, audio_token_id=hf.get("audio_token_id", AUDIO_TOKEN_ID))
         except ValueError as e:  # the adapter's stacking (__post_init__)

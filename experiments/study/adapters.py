@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from esn_jax.reference import mini_lalm
 from ports import prompts, sharding
 from ports.audio import output_lengths
 from ports.convert import from_hf_dir
-from ports.features import SAMPLE_RATE
+from ports.features import SAMPLE_RATE, WINDOW_SECONDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +106,11 @@ def load_model(cfg, mesh=None) -> Model:
     encoder = getattr(module.config, "audio", None) or getattr(module.config, "whisper", None)
     n_mels = encoder.num_mel_bins if encoder is not None else 128
     speech = None
+    if stored == "voxtral" and system:
+        # mistral-common refuses a system message beside audio (before tokenizer v13); the model card: "System
+        # prompts are not yet supported".
+        raise ValueError(f"system={system!r}: Voxtral's prompt layout with audio has no system message; leave it "
+                         "empty")
     if stored == "kimi_audio":
         if system:
             raise ValueError(f"system={system!r}: Kimi-Audio's prompt layout has no system message; leave it empty")
@@ -191,9 +197,34 @@ def batches(model: Model, examples: Sequence[pipeline.Example], cfg) -> Iterator
 
 
 def _prompt(model: Model, n_audio: int) -> str:
+    """The model's chat prompt (:mod:`ports.prompts`) for one clip of ``n_audio`` audio tokens; the model's own
+    default system prompt when ``model.system`` is empty (Voxtral: none)."""
+    write = getattr(prompts, model.name)  # qwen2_5_omni, audio_flamingo3, qwen2_audio, voxtral
+    return write(model.question, n_audio, **({"system": model.system} if model.system else {}))
+
+
+def _audio_counts(model: Model, feats: dict[str, np.ndarray]) -> np.ndarray:
+    """Each clip's audio-token count [C]; pops from ``feats`` what is not a forward kwarg of the port."""
     if model.name == "qwen2_5_omni":
-        return prompts.qwen2_5_omni(model.question, n_audio, **({"system": model.system} if model.system else {}))
-    return prompts.audio_flamingo3(model.question, n_audio, **({"system": model.system} if model.system else {}))
+        return output_lengths(feats["feature_attention_mask"].sum(1))
+    counts = feats.pop("num_audio_tokens")
+    windows = feats.pop("windows_per_clip", None)  # audio_flamingo3, voxtral
+    if model.name == "voxtral":
+        # The features count 375 tokens per window, as mistral-common does; the adapter must give as many.
+        per_window = model.module.config.tokens_per_window
+        if not np.array_equal(counts, windows * per_window):
+            raise ValueError(f"the features give {counts.tolist()} audio tokens for {windows.tolist()} 30-s windows "
+                             f"but this Voxtral's adapter makes {per_window} tokens per window")
+    return counts
+
+
+def _longest_audio(model: Model, seconds: float) -> int:
+    """The most audio tokens a clip of a ``seconds`` bucket gives."""
+    if model.name == "voxtral":  # whole windows, every frame a token's (nothing is masked)
+        return model.module.config.tokens_per_window * math.ceil(seconds / WINDOW_SECONDS)
+    if model.name == "qwen2_audio":  # one window at most (its features refuse longer clips)
+        seconds = min(seconds, WINDOW_SECONDS)
+    return int(output_lengths(int(seconds * 100)))
 
 
 def prompt_inputs(model: Model, batch: pipeline.Batch) -> dict[str, np.ndarray]:
@@ -202,14 +233,10 @@ def prompt_inputs(model: Model, batch: pipeline.Batch) -> dict[str, np.ndarray]:
     if model.name == "kimi_audio":
         return _kimi_inputs(model, batch)
     feats = dict(batch.features)
-    if model.name == "qwen2_5_omni":
-        counts = output_lengths(feats["feature_attention_mask"].sum(1))
-    else:
-        counts = feats.pop("num_audio_tokens")
-        feats.pop("windows_per_clip")
+    counts = _audio_counts(model, feats)
     tok = prompts.tokenize(model.tokenizer, [_prompt(model, int(n)) for n in counts])
     # The longest prompt a clip of this bucket can give fixes T (audio tokens of a full bucket).
-    width = len(model.tokenizer.encode(_prompt(model, int(output_lengths(int(batch.seconds * 100)))),
+    width = len(model.tokenizer.encode(_prompt(model, _longest_audio(model, batch.seconds)),
                                        add_special_tokens=False))
     pad = width - tok["input_ids"].shape[1]
     ids = np.pad(tok["input_ids"], ((0, 0), (pad, 0)), constant_values=model.tokenizer.pad_token_id)

@@ -34,6 +34,29 @@ def test_sequence_lengths_follow_the_token_rates():
     assert memory_plan.sequence_length("audio_flamingo3", 75) == (2 * design_tokens(3000) + design_tokens(1500)
                                                                   + memory_plan.PROMPT_TOKENS)
     assert memory_plan.sequence_length("kimi_audio", 30) == 375 + memory_plan.PROMPT_TOKENS
+    # Qwen2-Audio: one window, counted on the clip's frames as AF3's; Voxtral: 375 per started 30-s window
+    # (mistral-common's 12.5 Hz over the zero-padded windows).
+    assert memory_plan.sequence_length("qwen2_audio", 30) == design_tokens(3000) + memory_plan.PROMPT_TOKENS
+    assert memory_plan.sequence_length("qwen2_audio", 12.3) == design_tokens(1230) + memory_plan.PROMPT_TOKENS
+    with pytest.raises(ValueError, match="qwen2_audio takes one 30-s window per clip"):
+        memory_plan.sequence_length("qwen2_audio", 31)
+    for seconds, windows in ((1, 1), (30, 1), (30.5, 2), (75, 3)):
+        assert memory_plan.sequence_length("voxtral", seconds) == 375 * windows + memory_plan.PROMPT_TOKENS
+
+
+def test_every_study_model_has_its_real_config():
+    """The plan's default models are the study's, each read from its released config.json; the two whose files are
+    named apart (Qwen2-Audio-7B-Instruct, Voxtral-Mini-3B) have their released sizes."""
+    from configs.study import MODELS
+
+    assert tuple(memory_plan.REAL_CONFIGS) == MODELS
+    configs = {m: memory_plan.real_config(m) for m in MODELS}
+    qwen, voxtral = configs["qwen2_audio"], configs["voxtral"]
+    assert (qwen.text.hidden_size, qwen.text.num_hidden_layers, qwen.text.model_type) == (4096, 32, "qwen2")
+    assert (voxtral.text.hidden_size, voxtral.text.num_hidden_layers, voxtral.text.model_type) == (3072, 30, "llama")
+    assert voxtral.tokens_per_window == 375 and qwen.audio.pool and not voxtral.audio.pool
+    with pytest.raises(ValueError, match="no real config.json of 'qwen2'"):
+        memory_plan.real_config("qwen2")
 
 
 def test_parameter_bytes_are_the_shards_actually_placed():

@@ -27,7 +27,7 @@ from experiments.study.evidence import Evidence
 from experiments.study.run import analyze, run
 from ports import features, prompts
 from tests.esn_jax.test_collateral import direct_loss
-from tests.experiments import tiny_kimi, tiny_reference
+from tests.experiments import tiny_kimi, tiny_lalm, tiny_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 FINDINGS = ("1", "2", "3", "4", "5", "6a", "6b")
@@ -618,3 +618,112 @@ def test_config():
         get_config("ks=0.01,main_k=3")
     with pytest.raises(ValueError, match="model="):
         get_config("model=gpt")
+    assert [get_config(f"model={m}").model for m in ("qwen2_audio", "voxtral")] == ["qwen2_audio", "voxtral"]
+
+
+@pytest.fixture(scope="module")
+def lalms(tmp_path_factory):
+    """The tiny random Qwen2-Audio and Voxtral (tests/experiments/tiny_lalm.py): their study config keys."""
+    root = tmp_path_factory.mktemp("lalm")
+    return {"qwen2_audio": tiny_lalm.qwen2_audio(root / "qwen2_audio"), "voxtral": tiny_lalm.voxtral(root / "voxtral")}
+
+
+def lalm_args(lalms, name: str, data_dir, **extra) -> str:
+    paths = lalms[name]
+    return study_args(paths["checkpoint"], data_dir, **{k: v for k, v in paths.items() if k != "checkpoint"}, **extra)
+
+
+def audio_tokens(model: str, samples: int) -> int:
+    """Audio placeholders of a clip of ``samples`` at 16 kHz, as each model's processor counts them: Qwen2-Audio's
+    ((L − 1) // 2 + 1 − 2) // 2 + 1 on its L = ceil(samples / 160) valid mel frames; Voxtral's (mistral-common)
+    375 per started 30-s window."""
+    if model == "voxtral":
+        return 375 * -(-samples // 480000)
+    frames = -(-samples // 160)
+    return ((frames - 1) // 2 + 1 - 2) // 2 + 1
+
+
+@pytest.mark.parametrize("name", ["qwen2_audio", "voxtral"])
+def test_spliced_lalm_end_to_end(env, lalms, name, tmp_path):
+    """Qwen2-Audio and Voxtral through ``python -m experiments.run_study`` (tiny random models, stand-in tokenizers
+    with the real special tokens): every stage runs and the report is written. Each saved prompt is the model's
+    chat layout holding as many audio placeholders as its processor writes for that clip (counted here from the
+    clip's length), the feature dict holds only the port's forward kwargs, and the port's own forward on a stored
+    batch (eager, so that it checks placeholders against audio tokens) gives the study's clean log-probs."""
+    import esn_jax
+
+    args = lalm_args(lalms, name, env[1], selectors="mad+grad", prompts="asked", model=name)
+    done = _cli(tmp_path / "work", args)
+    assert done.returncode == 0, done.stderr
+    work = tmp_path / "work"
+    results = json.loads((work / "results.json").read_text())
+    assert results["model"]["name"] == name and results["model"]["layers"] == 2
+    assert results["model"]["labels"] == ["neutral", "happy", "sad", "angry"]  # no reference.json: the four classes
+    assert [f["id"] for f in results["findings"]] == list(FINDINGS)
+    assert (work / "report.md").stat().st_size > 1000 and results["collateral"]
+
+    model = adapters.load_model(get_config(args))
+    tokenizer, token = model.tokenizer, model.tokenizer.convert_tokens_to_ids
+    audio_id = model.module.config.audio_token_id
+    clips = {ex.id: ex.wave for ex in pipeline.read("synthetic_prosody/tiny", "test", str(env[1]), "four")}
+    keys = {"qwen2_audio": {"input_features", "feature_attention_mask"}, "voxtral": {"input_features"}}[name]
+    checked = 0
+    paths = sorted((work / "runs").glob("*/batches/A_test_p0/0*.npz"))
+    for path in paths:
+        batch = dict(np.load(path))
+        assert set(adapters.model_inputs(batch)) == keys | {"input_ids", "attention_mask"}
+        for row in np.flatnonzero(batch["valid"]):
+            ids = batch["input_ids"][row][batch["attention_mask"][row] == 1].tolist()
+            n = audio_tokens(name, clips[str(batch["ids"][row])].size)
+            first = ids.index(audio_id)
+            assert ids.count(audio_id) == n and ids[first:first + n] == [audio_id] * n
+            if name == "qwen2_audio":  # ChatML with the template's default system turn
+                text = tokenizer.decode(ids)
+                assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                                       "Audio 1: <|audio_bos|><|AUDIO|>")
+                assert text.endswith(f"<|audio_eos|>\n{model.question}<|im_end|>\n<|im_start|>assistant\n")
+            else:  # BOS, [INST], [BEGIN_AUDIO] + placeholders, the question, [/INST]: no system message
+                assert ids[:3] == [token("<s>"), token("[INST]"), token("[BEGIN_AUDIO]")] and first == 3
+                assert ids[first + n:] == [*tokenizer.encode(model.question, add_special_tokens=False),
+                                           token("[/INST]")]
+            checked += 1
+    assert checked == results["data"]["eval_items"]
+    batch = dict(np.load(paths[0]))
+    logp = np.asarray(esn_jax.score_labels(model.module, model.params, adapters.model_inputs(batch),
+                                           model.label_token_ids))
+    pred = np.load(work / "predictions.npz")
+    row_of = {i: r for r, i in enumerate(pred["ids"].tolist())}
+    for row in np.flatnonzero(batch["valid"]):
+        np.testing.assert_allclose(logp[row], pred["clean_logp"][0, row_of[str(batch["ids"][row])]], atol=1e-4)
+
+
+def test_spliced_lalm_system_prompts(env, lalms):
+    """Qwen2-Audio writes a given system prompt in place of its default; Voxtral's layout with audio has none
+    (mistral-common refuses one), so asking for one is an error, not a silently different prompt."""
+    data_dir = str(env[1])
+    dataset = adapters.ensure_dataset("synthetic_prosody", "tiny", data_dir, "")
+    cfg = get_config(lalm_args(lalms, "qwen2_audio", data_dir, system="Be brief."))
+    model = adapters.load_model(cfg)
+    examples = list(pipeline.read(dataset, "test", data_dir, "four"))[:2]
+    batch = next(adapters.batches(model, examples, cfg))
+    text = model.tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0] == 1])
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nAudio 1: ")
+    with pytest.raises(ValueError, match="Voxtral's prompt layout with audio has no system message"):
+        adapters.load_model(get_config(lalm_args(lalms, "voxtral", data_dir, system="Be brief.")))
+
+
+def test_voxtral_tokens_per_window_must_match_the_features(env, lalms):
+    """The features count 375 placeholders per window (mistral-common's rate); an adapter stacking fewer frames
+    per token (here 2: 750 tokens per window) would leave audio tokens without a place: refused by name."""
+    import dataclasses
+
+    data_dir = str(env[1])
+    dataset = adapters.ensure_dataset("synthetic_prosody", "tiny", data_dir, "")
+    cfg = get_config(lalm_args(lalms, "voxtral", data_dir))
+    model = adapters.load_model(cfg)
+    audio = dataclasses.replace(model.module.config.audio, encoder_ffn_dim=2 * model.module.config.audio.d_model)
+    other = model.module.clone(config=dataclasses.replace(model.module.config, audio=audio))
+    assert other.config.tokens_per_window == 750
+    examples = list(pipeline.read(dataset, "test", data_dir, "four"))[:2]
+    with pytest.raises(ValueError, match="audio tokens for .* 30-s windows but this Voxtral's adapter makes 750"):
+        next(adapters.batches(dataclasses.replace(model, module=other), examples, cfg))

@@ -138,7 +138,7 @@ def test_bad_inputs_are_named(converted):
     _, module, params, _ = converted
     feats, fmask, _ = windows([40, 13])
     ids, mask = prompts([16])
-    with pytest.raises(ValueError, match=r"\[16\] <sound> placeholders.*\[5, 5, 3\] audio tokens"):
+    with pytest.raises(ValueError, match=r"<sound> placeholders \(\[16\] per prompt\).*\(\[5, 5, 3\] per row"):
         module.apply({"params": params}, input_ids=jnp.asarray(ids), input_features=jnp.asarray(feats),
                      input_features_mask=jnp.asarray(fmask), attention_mask=jnp.asarray(mask))
     with pytest.raises(ValueError, match=r"windows \[0, 1, 2\] end within 2 frames of a window cut to 10"):

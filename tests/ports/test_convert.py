@@ -117,6 +117,15 @@ def test_transformers_4_style_config_is_read():
     assert (cfg.rope_theta, cfg.num_key_value_heads, cfg.head_dim) == (5e5, 2, 4)
 
 
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_a_config_without_theta_gets_transformers_default(family):
+    from transformers import AutoConfig
+
+    hf = dict(model_type=family, vocab_size=10, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+              num_attention_heads=2)
+    assert DecoderConfig.from_hf(hf, family).rope_theta == AutoConfig.for_model(**hf).rope_parameters["rope_theta"]
+
+
 def test_existing_output_is_kept_unless_overwrite(hf_dir, tmp_path):
     out = tmp_path / "out"
     ports.convert(hf_dir, out, "qwen2")

@@ -139,7 +139,7 @@ def test_bad_inputs_are_named(converted):
     variables = {"params": params}
     feats, fmask = clips([21, 13])
     ids, mask = prompts([int(output_lengths(21)) + 1, int(output_lengths(13))])
-    with pytest.raises(ValueError, match=r"\[6, 3\] <\|AUDIO\|> placeholders.*\[5, 3\] audio tokens"):
+    with pytest.raises(ValueError, match=r"<\|AUDIO\|> placeholders \(\[6, 3\] per prompt\).*\(\[5, 3\] per row"):
         module.apply(variables, input_ids=jnp.asarray(ids), input_features=jnp.asarray(feats),
                      feature_attention_mask=jnp.asarray(fmask), attention_mask=jnp.asarray(mask))
     empty = fmask.copy()
