@@ -45,6 +45,13 @@ def unknown_top_level(hf: Mapping[str, Any], used: Iterable[str]) -> set[str]:
     return set(hf) - set(used) - HF_BOOKKEEPING
 
 
+def check_full_window(audio, pooled: bool, model: str) -> None:
+    """The encoder of these models: full 30-s windows, learned positions, no projection, pooled or not."""
+    if audio.chunk_frames is not None or audio.positions != "learned" or audio.pool != pooled or audio.output_dim:
+        raise ValueError(f"{model}'s encoder runs full windows with learned positions, {'' if pooled else 'not '}"
+                         "pooled, without a projection")
+
+
 def text_config_from_hf(text: Mapping[str, Any]) -> DecoderConfig:
     """The language model's config (Qwen2 or Llama). transformers' classes of these models always have their
     own lm_head (no ``_tied_weights_keys``), whatever ``tie_word_embeddings`` says, so it is read untied."""

@@ -47,10 +47,7 @@ class Qwen2AudioConfig(Config):
     audio_token_id: int = AUDIO_TOKEN_ID
 
     def __post_init__(self):
-        a = self.audio
-        if a.chunk_frames is not None or a.positions != "learned" or not a.pool or a.output_dim is not None:
-            raise ValueError("Qwen2-Audio's encoder runs full windows with learned positions, pooled, without a "
-                             "projection")
+        lalm.check_full_window(self.audio, True, "Qwen2-Audio")
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any]) -> Qwen2AudioConfig:

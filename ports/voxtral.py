@@ -53,10 +53,8 @@ class VoxtralConfig(Config):
     audio_token_id: int = AUDIO_TOKEN_ID
 
     def __post_init__(self):
+        lalm.check_full_window(self.audio, False, "Voxtral")
         a = self.audio
-        if a.chunk_frames is not None or a.positions != "learned" or a.pool or a.output_dim is not None:
-            raise ValueError("Voxtral's encoder runs full windows with learned positions, without pooling or a "
-                             "projection")
         k = a.encoder_ffn_dim // a.d_model
         if a.encoder_ffn_dim % a.d_model or a.max_source_positions % k:
             raise ValueError(f"the adapter stacks intermediate_size / hidden_size = {a.encoder_ffn_dim} / {a.d_model} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import traverse_util
@@ -55,3 +56,34 @@ def hf_param_count(model_cls, config) -> dict[str, int]:
     with torch.device("meta"):
         model = model_cls(config)
     return {k: p.numel() for k, p in model.named_parameters()}
+
+
+def hf_logits(model, inputs):
+    """transformers' logits [B, T, V] for numpy ``inputs`` (token ids as int64)."""
+    with torch.no_grad():
+        return model(**{k: torch.as_tensor(v, dtype=torch.long if k == "input_ids" else None)
+                        for k, v in inputs.items()}).logits.numpy()
+
+
+def our_logits(module, params, inputs):
+    """Our port's logits [B, T, V] for the same numpy ``inputs``."""
+    return np.asarray(module.apply({"params": params}, **{k: jnp.asarray(v) for k, v in inputs.items()}))
+
+
+def max_diff_to_transformers(hf, module, params, inputs):
+    """max |Δlogits| over the real (unpadded) positions."""
+    real = inputs["attention_mask"].astype(bool)
+    return max_abs_diff(our_logits(module, params, inputs)[real], hf_logits(hf, inputs)[real])
+
+
+DECODER_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "rope_theta", "rms_norm_eps")
+
+
+def text_fields_differ(ours, text_config):
+    """{field: (ours, transformers')} where our DecoderConfig and transformers' text_config object (its defaults
+    filled in) disagree."""
+    theirs = {f: getattr(text_config, f, None) for f in DECODER_FIELDS}
+    theirs["head_dim"] = theirs["head_dim"] or text_config.hidden_size // text_config.num_attention_heads
+    theirs["rope_theta"] = float(text_config.rope_parameters["rope_theta"])
+    return {f: (getattr(ours, f), theirs[f]) for f in DECODER_FIELDS if getattr(ours, f) != theirs[f]}

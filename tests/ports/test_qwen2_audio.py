@@ -30,7 +30,14 @@ from ports.models import abstract_params
 from ports.qwen2_audio import Qwen2Audio, Qwen2AudioConfig
 from tests.ports import test_generate_parity
 from tests.ports.hf_fixtures import randomize_
-from tests.ports.lalm_helpers import FIXTURES, count_params, hf_param_count, max_abs_diff
+from tests.ports.lalm_helpers import (
+    FIXTURES,
+    count_params,
+    hf_param_count,
+    max_diff_to_transformers,
+    our_logits,
+    text_fields_differ,
+)
 from tests.ports.test_convert import assert_nothing_written, copy_checkpoint
 
 MEL, WINDOW, HOP, RATE = 16, 20, 1600, 16000  # max_source_positions=10: 20-frame windows stand in for 3000
@@ -78,22 +85,6 @@ def processed(clip_frames, texts=None, seed=0):
     batch["input_features"] = np.where(batch["feature_attention_mask"][:, None].astype(bool), batch["input_features"],
                                        noise)
     return batch
-
-
-def hf_logits(model, batch):
-    with torch.no_grad():
-        return model(**{k: torch.as_tensor(v, dtype=torch.long if k == "input_ids" else None)
-                        for k, v in batch.items()}).logits.numpy()
-
-
-def our_logits(module, params, batch):
-    return np.asarray(module.apply({"params": params}, **{k: jnp.asarray(v) for k, v in batch.items()}))
-
-
-def max_diff_to_transformers(hf, module, params, batch):
-    """max |Δlogits| over the real (unpadded) positions."""
-    real = batch["attention_mask"].astype(bool)
-    return max_abs_diff(our_logits(module, params, batch)[real], hf_logits(hf, batch)[real])
 
 
 @pytest.fixture(scope="module")
@@ -169,19 +160,6 @@ def test_config_round_trips_and_reads_the_saved_config(converted):
     assert (config.audio_token_id, config.audio.window_frames, config.audio.pool) == (AUDIO_ID, WINDOW, True)
     assert (config.text.model_type, config.text.attention_bias, config.text.tie_word_embeddings) == ("qwen2", True,
                                                                                                     False)
-
-
-DECODER_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "head_dim", "rope_theta", "rms_norm_eps")
-
-
-def text_fields_differ(ours, text_config):
-    """{field: (ours, transformers')} where our DecoderConfig and transformers' text_config object (its defaults
-    filled in) disagree."""
-    theirs = {f: getattr(text_config, f, None) for f in DECODER_FIELDS}
-    theirs["head_dim"] = theirs["head_dim"] or text_config.hidden_size // text_config.num_attention_heads
-    theirs["rope_theta"] = float(text_config.rope_parameters["rope_theta"])
-    return {f: (getattr(ours, f), theirs[f]) for f in DECODER_FIELDS if getattr(ours, f) != theirs[f]}
 
 
 @pytest.mark.parametrize("drop", [None, "rope_theta", "rms_norm_eps", "num_key_value_heads", "vocab_size",

@@ -21,9 +21,15 @@ from ports.models import abstract_params
 from ports.voxtral import Voxtral, VoxtralConfig
 from tests.ports import test_generate_parity
 from tests.ports.hf_fixtures import randomize_
-from tests.ports.lalm_helpers import FIXTURES, count_params, hf_param_count, max_abs_diff
+from tests.ports.lalm_helpers import (
+    FIXTURES,
+    count_params,
+    hf_param_count,
+    max_diff_to_transformers,
+    our_logits,
+    text_fields_differ,
+)
 from tests.ports.test_convert import assert_nothing_written, copy_checkpoint
-from tests.ports.test_qwen2_audio import text_fields_differ
 
 # tekken's ids: <s>, [INST], [/INST], <pad>, [AUDIO], [BEGIN_AUDIO]
 BOS, INST, END_INST, PAD, AUDIO_ID, BEGIN_AUDIO = 1, 3, 4, 11, 24, 25
@@ -73,22 +79,6 @@ def batch(clip_windows, n_audio=None):
     windows' tokens)."""
     ids, mask = prompts([w * PER_WINDOW for w in clip_windows] if n_audio is None else n_audio)
     return {"input_ids": ids, "attention_mask": mask, "input_features": windows(clip_windows)}
-
-
-def hf_logits(model, inputs):
-    with torch.no_grad():
-        return model(**{k: torch.as_tensor(v, dtype=torch.long if k == "input_ids" else None)
-                        for k, v in inputs.items()}).logits.numpy()
-
-
-def our_logits(module, params, inputs):
-    return np.asarray(module.apply({"params": params}, **{k: jnp.asarray(v) for k, v in inputs.items()}))
-
-
-def max_diff_to_transformers(hf, module, params, inputs):
-    """max |Δlogits| over the real (unpadded) positions."""
-    real = inputs["attention_mask"].astype(bool)
-    return max_abs_diff(our_logits(module, params, inputs)[real], hf_logits(hf, inputs)[real])
 
 
 @pytest.mark.parametrize("clip_windows", [[1, 2], [2, 1, 1]], ids=["W3-B2", "W4-B3"])
