@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from flax import traverse_util
 
+import ports
+from ports.models import abstract_params
 from ports.rules import convert_tensors
 
 
@@ -87,3 +89,27 @@ def text_fields_differ(ours, text_config):
     theirs["head_dim"] = theirs["head_dim"] or text_config.hidden_size // text_config.num_attention_heads
     theirs["rope_theta"] = float(text_config.rope_parameters["rope_theta"])
     return {f: (getattr(ours, f), theirs[f]) for f in DECODER_FIELDS if getattr(ours, f) != theirs[f]}
+
+
+def export_round_trip(model: str, hf_cls, module, params, inputs, out: Path) -> float:
+    """Perturbed (not converted) parameters exported with ``ports.export``, loaded by transformers' ``hf_cls``:
+    returns max |Δlogits| on ``inputs``; the export converted back must give the same config and parameters
+    (every tensor must be where transformers reads it, and back)."""
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda x: x + jnp.asarray(0.2 * rng.normal(size=x.shape), x.dtype), params)
+    ports.export(model, module.config, params, out / "hf")
+    hf = hf_cls.from_pretrained(out / "hf", dtype=torch.float32).eval()
+    diff = max_diff_to_transformers(hf, module, params, inputs)
+    ports.convert(out / "hf", out / "back", model)
+    back_module, back = ports.load(out / "back")
+    assert back_module.config == module.config
+    jax.tree.map(np.testing.assert_array_equal, back, params)
+    return diff
+
+
+def released_parameter_counts(model: str, config, hf_cls, hf_config) -> tuple[int, int]:
+    """(ours, transformers') parameter counts of a released config, both built without allocating."""
+    _, abstract = abstract_params(model, config, jnp.bfloat16)
+    ours, theirs = count_params(abstract), sum(hf_param_count(hf_cls, hf_config).values())
+    print(f"{model} released config, parameters: ours {ours:,}, transformers {theirs:,}")
+    return ours, theirs

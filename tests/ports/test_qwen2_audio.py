@@ -8,7 +8,6 @@ counts are the processor's, and the prompts are left-padded as its tokenizer pad
 import json
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -26,16 +25,15 @@ from transformers.models.qwen2_audio.processing_qwen2_audio import Qwen2AudioPro
 
 import ports
 from ports.config import UnsupportedConfigError
-from ports.models import abstract_params
 from ports.qwen2_audio import Qwen2Audio, Qwen2AudioConfig
 from tests.ports import test_generate_parity
 from tests.ports.hf_fixtures import randomize_
 from tests.ports.lalm_helpers import (
     FIXTURES,
-    count_params,
-    hf_param_count,
+    export_round_trip,
     max_diff_to_transformers,
     our_logits,
+    released_parameter_counts,
     text_fields_differ,
 )
 from tests.ports.test_convert import assert_nothing_written, copy_checkpoint
@@ -218,26 +216,16 @@ def test_every_tensor_mismatch_is_listed_at_once(converted, tmp_path):
 
 
 def test_export_loads_in_transformers_with_the_same_logits(converted, tmp_path):
-    """Random (not converted) parameters: every tensor of the export must be where transformers reads it."""
     _, module, params, _ = converted
-    rng = np.random.default_rng(1)
-    params = jax.tree.map(lambda x: x + jnp.asarray(0.2 * rng.normal(size=x.shape), x.dtype), params)
-    ports.export("qwen2_audio", module.config, params, tmp_path / "hf")
-    hf = Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
-    assert max_diff_to_transformers(hf, module, params, processed([20, 13, 7])) <= TOL
-    ports.convert(tmp_path / "hf", tmp_path / "back", "qwen2_audio")
-    back_module, back = ports.load(tmp_path / "back")
-    assert back_module.config == module.config
-    jax.tree.map(np.testing.assert_array_equal, back, params)
+    assert export_round_trip("qwen2_audio", Qwen2AudioForConditionalGeneration, module, params, processed([20, 13, 7]),
+                             tmp_path) <= TOL
 
 
 def test_released_config_builds_abstractly_with_the_transformers_parameter_count():
     hf_cfg = json.loads((FIXTURES / "qwen2_audio_7b_instruct.config.json").read_text())
     config = Qwen2AudioConfig.from_hf(hf_cfg)
-    _, abstract = abstract_params("qwen2_audio", config, jnp.bfloat16)
-    ours, theirs = count_params(abstract), sum(hf_param_count(Qwen2AudioForConditionalGeneration,
-                                                              HFConfig(**hf_cfg)).values())
-    print(f"qwen2_audio 7B parameters: ours {ours:,}, transformers {theirs:,}")
+    ours, theirs = released_parameter_counts("qwen2_audio", config, Qwen2AudioForConditionalGeneration,
+                                             HFConfig(**hf_cfg))
     assert ours == theirs
     assert (config.audio.window_frames, config.audio_token_id, config.text.num_hidden_layers) == (3000, 151646, 32)
 

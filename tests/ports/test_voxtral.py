@@ -7,7 +7,6 @@ intermediate_size / hidden_size = 4 frames: 3 audio tokens per window, as 375 ar
 import json
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,16 +16,15 @@ from transformers import VoxtralConfig as HFConfig
 
 import ports
 from ports.config import UnsupportedConfigError
-from ports.models import abstract_params
 from ports.voxtral import Voxtral, VoxtralConfig
 from tests.ports import test_generate_parity
 from tests.ports.hf_fixtures import randomize_
 from tests.ports.lalm_helpers import (
     FIXTURES,
-    count_params,
-    hf_param_count,
+    export_round_trip,
     max_diff_to_transformers,
     our_logits,
+    released_parameter_counts,
     text_fields_differ,
 )
 from tests.ports.test_convert import assert_nothing_written, copy_checkpoint
@@ -214,26 +212,16 @@ def test_every_tensor_mismatch_is_listed_at_once(converted, tmp_path):
 
 
 def test_export_loads_in_transformers_with_the_same_logits(converted, tmp_path):
-    """Random (not converted) parameters: every tensor of the export must be where transformers reads it."""
     _, module, params, _ = converted
-    rng = np.random.default_rng(1)
-    params = jax.tree.map(lambda x: x + jnp.asarray(0.2 * rng.normal(size=x.shape), x.dtype), params)
-    ports.export("voxtral", module.config, params, tmp_path / "hf")
-    hf = VoxtralForConditionalGeneration.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
-    assert max_diff_to_transformers(hf, module, params, batch([1, 2])) <= TOL
-    ports.convert(tmp_path / "hf", tmp_path / "back", "voxtral")
-    back_module, back = ports.load(tmp_path / "back")
-    assert back_module.config == module.config
-    jax.tree.map(np.testing.assert_array_equal, back, params)
+    assert export_round_trip("voxtral", VoxtralForConditionalGeneration, module, params, batch([1, 2]),
+                             tmp_path) <= TOL
 
 
 def test_released_config_builds_abstractly_with_the_transformers_parameter_count():
     hf_cfg = json.loads((FIXTURES / "voxtral_mini_3b.config.json").read_text())
     config = VoxtralConfig.from_hf(hf_cfg)
-    _, abstract = abstract_params("voxtral", config, jnp.bfloat16)
-    ours, theirs = count_params(abstract), sum(hf_param_count(VoxtralForConditionalGeneration,
-                                                              HFConfig(**hf_cfg)).values())
-    print(f"voxtral Mini-3B parameters: ours {ours:,}, transformers {theirs:,}")
+    ours, theirs = released_parameter_counts("voxtral", config, VoxtralForConditionalGeneration,
+                                             HFConfig(**hf_cfg))
     assert ours == theirs
     assert (config.audio.window_frames, config.tokens_per_window, config.audio_token_id) == (3000, 375, 24)
     assert not config.text.tie_word_embeddings
