@@ -17,7 +17,7 @@ from typing import Any
 from ports import lalm
 from ports.audio import AudioEncoderConfig, check_clip_frames, encoder_config_from_hf
 from ports.config import Config, DecoderConfig, UnsupportedConfigError
-from ports.lalm import Projector, SplicedLALM, dense_rules, text_config_from_hf, text_config_to_hf
+from ports.lalm import Projector, SplicedLALM, text_config_from_hf, text_config_to_hf
 from ports.rules import Rule
 
 MODEL_TYPE = "audioflamingo3"
@@ -100,9 +100,7 @@ class AudioFlamingo3(SplicedLALM):
 
 
 def rules(config: AudioFlamingo3Config) -> tuple[Rule, ...]:
-    return lalm.rules(config, [rule for name in ("linear_1", "linear_2")
-                               for rule in dense_rules(f"multi_modal_projector.{name}",
-                                                       f"multi_modal_projector/{name}", config.projector_bias)])
+    return lalm.rules(config, lalm.projector_rules(config.projector_bias))
 
 
 def init_inputs(config) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from transformers import WhisperFeatureExtractor
 
+from ports.audio import output_lengths
+
 SAMPLE_RATE = 16000
 HOP = 160
 CODE_SAMPLES = 1280  # Kimi-Audio / GLM-4-Voice: one code (12.5 Hz) per 1280 samples of a segment
@@ -93,7 +95,7 @@ def audio_flamingo3(clips: Sequence[np.ndarray], n_mels: int = 128, max_windows:
     the model's per-window count because only a clip's last window can be partial)."""
     feats, mask, per_clip = _windows(clips, n_mels, max_windows, "Audio Flamingo 3")
     frames = np.add.reduceat(mask.sum(1), np.r_[0, np.cumsum(per_clip)[:-1]])
-    tokens = ((frames - 1) // 2 + 1 - 2) // 2 + 1
+    tokens = output_lengths(frames)
     return {"input_features": feats, "input_features_mask": mask, "windows_per_clip": per_clip,
             "num_audio_tokens": tokens}
 
@@ -109,7 +111,7 @@ def qwen2_audio(clips: Sequence[np.ndarray], n_mels: int = 128) -> dict[str, np.
                             return_tensors="np")
     mask = out["attention_mask"].astype(np.int32)
     frames = mask.sum(1)
-    tokens = ((frames - 1) // 2 + 1 - 2) // 2 + 1
+    tokens = output_lengths(frames)
     if (tokens < 1).any():  # under 3 frames (321 samples) the processor would write no <|AUDIO|> at all
         short = [f"clip {i} has {clips[i].size} samples" for i in np.flatnonzero(tokens < 1)]
         raise ValueError(f"bad audio: {'; '.join(short)}; Qwen2-Audio needs at least {2 * HOP + 1} (3 mel frames) "

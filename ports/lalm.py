@@ -70,6 +70,12 @@ def dense_rules(hf: str, ours: str, bias: bool) -> list[Rule]:
     return out + [Rule(f"{hf}.bias", f"{ours}/bias", **NONE)] if bias else out
 
 
+def projector_rules(bias: bool) -> list[Rule]:
+    """The table of :class:`Projector` at ``multi_modal_projector`` (``linear_1``, ``linear_2``)."""
+    return [rule for name in ("linear_1", "linear_2")
+            for rule in dense_rules(f"multi_modal_projector.{name}", f"multi_modal_projector/{name}", bias)]
+
+
 def rules(config, projector: Iterable[Rule]) -> tuple[Rule, ...]:
     """The conversion table: the decoder under ``language_model``, the encoder under ``audio_tower``, and the
     model's ``projector`` rules. A tied language model (only ever built in memory, e.g. the mini-LALM from its

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from ports import lalm
 from ports.audio import AudioEncoderConfig, encoder_config_from_hf
 from ports.config import Config, DecoderConfig, UnsupportedConfigError
-from ports.lalm import Projector, SplicedLALM, dense_rules, text_config_from_hf, text_config_to_hf
+from ports.lalm import Projector, SplicedLALM, text_config_from_hf, text_config_to_hf
 from ports.rules import Rule
 
 MODEL_TYPE, ENCODER_TYPE = "voxtral", "voxtral_encoder"
@@ -144,9 +144,7 @@ class Voxtral(SplicedLALM):
 
 
 def rules(config: VoxtralConfig) -> tuple[Rule, ...]:
-    return lalm.rules(config, [rule for name in ("linear_1", "linear_2")
-                               for rule in dense_rules(f"multi_modal_projector.{name}",
-                                                       f"multi_modal_projector/{name}", False)])
+    return lalm.rules(config, lalm.projector_rules(bias=False))
 
 
 def init_inputs(config: VoxtralConfig) -> dict[str, Any]:

@@ -188,7 +188,6 @@ def test_voxtral_refuses_audio_past_its_windows():
 def test_voxtral_counts_and_windows_are_mistral_commons(voxtral_processor, tmp_path, seconds):
     """The official path end to end: mistral-common encodes a chat message holding the clip (its [AUDIO] count,
     its padded waveform), VoxtralProcessor turns that waveform into windows; ours from the bare clip match both."""
-    pytest.importorskip("mistral_common")
     from tests.ports.voxtral_tekken_fixture import mistral_common_chat, pcm16, write_tekken
 
     clip = pcm16(tone(seconds, seed=4))

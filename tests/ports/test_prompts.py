@@ -387,7 +387,7 @@ def tiktoken_tekken(directory):
     """An independent reading of tekken.json, the one mistral-common's Tekkenizer makes: the first
     default_vocab_size - default_num_special_tokens BPE tokens as tiktoken ranks, the config's pattern, no
     special tokens (they are placed by id, never read from text); a token's id is its rank + the special count."""
-    tiktoken = pytest.importorskip("tiktoken")
+    import tiktoken
     data = json.loads((directory / "tekken.json").read_text())
     n_special, size = data["config"]["default_num_special_tokens"], data["config"]["default_vocab_size"]
     ranks = {base64.b64decode(t["token_bytes"]): t["rank"] for t in data["vocab"][:size - n_special]}
@@ -431,7 +431,6 @@ def test_voxtral_prompt_ids(tekken_dir, tekken_tok, seconds):
 @pytest.mark.parametrize("seconds", [1.0, 31.0])
 def test_voxtral_prompt_ids_are_mistral_commons(tekken_dir, tekken_tok, seconds):
     """mistral-common itself encodes the chat message (the clip as an audio chunk, then the question)."""
-    pytest.importorskip("mistral_common")
     audio = pcm16(clip(seconds))
     want = mistral_common_chat(tekken_dir / "tekken.json", audio, QUESTION).tokens
     n = int(features.voxtral([audio])["num_audio_tokens"][0])
@@ -440,7 +439,6 @@ def test_voxtral_prompt_ids_are_mistral_commons(tekken_dir, tekken_tok, seconds)
 
 @pytest.mark.parametrize("text", VOXTRAL_TEXTS)
 def test_tekken_tokenizer_is_mistral_commons(tekken_dir, tekken_tok, text):
-    pytest.importorskip("mistral_common")
     from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
     want = Tekkenizer.from_file(tekken_dir / "tekken.json").encode(text, bos=False, eos=False)
@@ -450,7 +448,6 @@ def test_tekken_tokenizer_is_mistral_commons(tekken_dir, tekken_tok, text):
 def test_tekken_tokenizer_on_the_real_131k_vocabulary(tmp_path):
     """The vocabulary mistral-common ships (150000 BPE tokens cut at 131072 ids), in Voxtral's layout: our
     conversion against mistral-common's Tekkenizer on varied text, and a whole prompt against its chat encoding."""
-    pytest.importorskip("mistral_common")
     from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
     directory = write_tekken_from_wheel(tmp_path)

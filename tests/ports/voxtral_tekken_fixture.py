@@ -88,7 +88,7 @@ def mistral_common_chat(tekken: str | Path, wave, question: str):
     """mistral-common's encoding of one user message holding ``wave`` (16 kHz, sent as a 16-bit WAV chunk, as
     a client sends audio) then ``question``, with the tokenizer of ``tekken`` (``tekken.json``): its Tokenized
     (``tokens``, and ``audios`` holding the padded waveform that VoxtralProcessor turns into features).
-    Needs mistral-common (the test extra); callers skip without it."""
+    Needs mistral-common (the test extra)."""
     from mistral_common.audio import Audio
     from mistral_common.protocol.instruct.chunk import AudioChunk, RawAudio, TextChunk
     from mistral_common.protocol.instruct.messages import UserMessage
@@ -104,8 +104,7 @@ def mistral_common_chat(tekken: str | Path, wave, question: str):
 def write_tekken_from_wheel(directory: str | Path) -> Path:
     """A Voxtral-layout ``tekken.json`` over a REAL 131k tekken vocabulary: mistral-common's own
     ``data/tekken_240911.json`` (its 150000 BPE tokens, cut at 131072 ids, and pattern) made a v7 file with
-    :data:`SPECIAL_TOKENS` listed and :data:`AUDIO`. Needs mistral-common (the test extra); callers skip
-    without it. Returns ``directory``."""
+    :data:`SPECIAL_TOKENS` listed and :data:`AUDIO`. Needs mistral-common (the test extra). Returns ``directory``."""
     import mistral_common
 
     data = json.loads((Path(mistral_common.__file__).parent / "data" / "tekken_240911.json").read_text())
