@@ -57,7 +57,9 @@ def defaults(local: bool = False, full: bool = False) -> dict:
         question="",
         system="",  # default: the model's chat-template default; omni_voice: Qwen2.5-Omni's speech-output prompt
         dataset="synthetic_prosody",
-        dataset_config="",  # tfds builder config (synthetic_prosody: small|large|tiny)
+        # tfds builder config (synthetic_prosody: small|large|tiny); default: the one the checkpoint was trained on when
+        # its reference.json names this dataset (the mini-LALM: large, whose test voices it never heard), else the first
+        dataset_config="",
         transfer_dataset="",  # a second dataset: select on `dataset`, intervene on this one
         transfer_dataset_config="",
         data_dir="",  # tfds data_dir; default ~/tensorflow_datasets

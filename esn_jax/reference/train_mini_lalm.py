@@ -8,12 +8,15 @@ Everything but the projector is frozen, and the frozen parts are computed once:
 * the prompt's prefix before the audio (system prompt, user header) once, as a key/value cache
   (:mod:`ports.decoder`'s ``prefix``).
 
-A training row is then the rest of the prompt: ``<sound>`` × the clip's audio tokens, the question, the
-assistant header and the label word's tokens but its last (teacher-forced), left-padded to the row length of
-its length bucket. The loss is the cross-entropy of the label word's tokens over the whole vocabulary;
-gradients reach only the projector. AdamW (optax), jit-compiled, deterministic for a seed. Evaluation is the
-study's prediction rule: constrained scoring over the label words (``esn_jax.score_labels``) on the
-speaker-disjoint validation and test splits.
+A training row is then the rest of the prompt: ``<sound>`` × the clip's audio tokens, the row's question (drawn
+from :mod:`esn_jax.reference.wordings`' pool: a wording, an order and a listing of the label words), the
+assistant header and the answer's tokens but its last (teacher-forced), left-padded to the row length of its
+length bucket. The answer is the label word, or a short sentence holding it when the wording asks for one, and
+ends with the chat's end-of-turn token, so that a free answer stops. The loss is the cross-entropy of the
+answer's tokens over the whole vocabulary; gradients reach only the projector. AdamW (optax), jit-compiled,
+deterministic for a seed. Evaluation is the study's prediction rule: constrained scoring over the label words
+(``esn_jax.score_labels``) under the study's ``asked`` question on the speaker-disjoint validation and test splits
+(``python -m experiments.evaluate`` measures the other wordings and free answers).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import tensorflow_datasets as tfds
 
 import esn_jax
 from esn_jax.data import BUILDERS, pipeline
-from esn_jax.reference import mini_lalm
+from esn_jax.reference import mini_lalm, wordings
 from esn_jax.reference.train import optimizer, schedule
 from ports.audio import splice
 from ports.audio_flamingo3 import Projector
@@ -44,6 +47,7 @@ from ports.decoder import prefix_cache
 from ports.packaged import smollm2_gguf
 
 TOKENS_PER_SECOND = 25  # the encoder's rate after pooling (50 Hz frames, AvgPool1d(2))
+END_OF_TURN = "<|im_end|>"  # SmolLM2's ChatML: every answer ends with it
 
 
 def build_tokenizer():
@@ -54,10 +58,11 @@ def build_tokenizer():
 
 
 class Prompt:
-    """The prompt cut around its audio: ``prefix`` ids (before the first ``<sound>``), ``suffix`` ids (after
-    the last), as the tokenizer splits the whole prompt."""
+    """A prompt cut around its audio: ``prefix`` ids (before the first ``<sound>``), ``suffix`` ids (after the
+    last), as the tokenizer splits the whole prompt of ``question``."""
 
-    def __init__(self, tokenizer, meta: dict[str, Any], sound: int):
+    def __init__(self, tokenizer, question: str, system: str, sound: int):
+        meta = {"question": question, "system": system}
         ids = [tokenizer.encode(mini_lalm.prompt(meta, n), add_special_tokens=False) for n in (1, 2)]
         first = ids[1].index(sound)
         self.prefix, self.suffix = ids[1][:first], ids[1][first + 2:]
@@ -65,14 +70,18 @@ class Prompt:
             raise ValueError("the prompt does not tokenize as prefix + <sound> × n + suffix: the placeholders "
                              "merge with their neighbours")
 
-    def rows(self, counts: np.ndarray, forced: list[tuple[int, ...]], width: int, sound: int, pad: int):
-        """Left-padded rest rows [B, width] (ids) and their mask: <sound> × count, suffix, forced tokens."""
-        ids = np.full((len(counts), width), pad, np.int32)
-        mask = np.zeros((len(counts), width), np.int32)
-        for i, (n, f) in enumerate(zip(counts, forced, strict=True)):
-            row = [sound] * int(n) + self.suffix + list(f)
-            ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
-        return ids, mask
+
+def rest_rows(counts: np.ndarray, suffixes: list[list[int]], forced: list[list[int]], width: int, sound: int,
+              pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded rest rows [B, width] (ids) and their mask: <sound> × count, the row's suffix, forced tokens."""
+    ids = np.full((len(counts), width), pad, np.int32)
+    mask = np.zeros((len(counts), width), np.int32)
+    for i, (n, suffix, f) in enumerate(zip(counts, suffixes, forced, strict=True)):
+        row = [sound] * int(n) + list(suffix) + list(f)
+        if len(row) > width:
+            raise ValueError(f"a training row of {len(row)} tokens does not fit the bucket's {width}")
+        ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
+    return ids, mask
 
 
 def encode_split(module, params, dataset: str, split: str, data_dir, batch_size: int, buckets: tuple[float, ...]):
@@ -144,15 +153,28 @@ def train(cfg: ml_collections.ConfigDict, data_dir: str | None = None, log: Call
     if tokenizer.convert_tokens_to_ids(mini_lalm.SOUND) != sound:
         raise ValueError(f"{mini_lalm.SOUND} got id {tokenizer.convert_tokens_to_ids(mini_lalm.SOUND)}; the model "
                          f"expects {sound} (one past SmolLM2's vocabulary)")
-    label_token_ids = [tokenizer.encode(w, add_special_tokens=False) for w in cfg.labels]
-    meta = {"labels": list(cfg.labels), "label_token_ids": label_token_ids, "question": cfg.question,
-            "system": cfg.system or mini_lalm.SYSTEM, "dataset": cfg.dataset}
+    end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    labels = list(cfg.labels)
+    label_token_ids = [tokenizer.encode(w, add_special_tokens=False) for w in labels]
+    system = cfg.system or mini_lalm.SYSTEM
+    meta = {"labels": labels, "label_token_ids": label_token_ids, "question": wordings.fill(wordings.ASKED, labels),
+            "system": system, "dataset": cfg.dataset, "wordings": wordings.describe()}
     module, params = mini_lalm.assemble(config, frozen, mini_lalm.init_projector(config, cfg.seed))
     proj = params.pop("multi_modal_projector")
-    prompt = Prompt(tokenizer, meta, sound)
+    asked = Prompt(tokenizer, meta["question"], system, sound)
     _, state = module.apply({"params": {**frozen, "multi_modal_projector": proj}},
-                            input_ids=np.asarray([prompt.prefix], np.int32), mutable=["cache"])
+                            input_ids=np.asarray([asked.prefix], np.int32), mutable=["cache"])
     prefix = prefix_cache(state)
+    suffixes: dict[str, list[int]] = {}
+
+    def suffix(question: str) -> list[int]:
+        if question not in suffixes:
+            cut = Prompt(tokenizer, question, system, sound)
+            if cut.prefix != asked.prefix:  # the cached prefix must serve every question
+                raise ValueError(f"the prompt before the audio depends on the question {question!r}")
+            suffixes[question] = cut.suffix
+        return suffixes[question]
+
     widths = [int(s * TOKENS_PER_SECOND) for s in cfg.buckets]
     splits = {}
     for split in ("train", "validation", "test"):
@@ -163,62 +185,95 @@ def train(cfg: ml_collections.ConfigDict, data_dir: str | None = None, log: Call
 
     grad, score = make_functions(module, prefix, sound)
     labels_static = esn_jax.scoring.label_tokens(label_token_ids)
-    longest = max(map(len, label_token_ids))
-    forced = [tuple(ids[:-1]) for ids in label_token_ids]
-    targets = np.zeros((len(label_token_ids), longest), np.int32)
-    target_mask = np.zeros((len(label_token_ids), longest), np.float32)
-    for j, ids in enumerate(label_token_ids):
-        targets[j, longest - len(ids):], target_mask[j, longest - len(ids):] = ids, 1
 
-    def evaluate(split: str) -> dict[str, Any]:
-        tokens, counts, labels = splits[split]
+    def evaluate(split: str, items: int = 0) -> dict[str, Any]:
+        """Constrained-scoring accuracy under the asked question on ``items`` clips (0: all; else stratified)."""
+        tokens, counts, y = splits[split]
+        keep = stratified(y, items, cfg.seed)
+        tokens, counts, y = tokens[keep], counts[keep], y[keep]
         preds = []
         for lo in range(0, len(counts), cfg.eval_batch_size):
             sl = slice(lo, lo + cfg.eval_batch_size)
             n = len(counts[sl])
             rows_idx = np.resize(np.arange(n), cfg.eval_batch_size)  # a full batch: one compiled shape
             c = counts[sl][rows_idx]
-            width = _width(c.max(), widths) + len(prompt.suffix)
-            rows, mask = prompt.rows(c, [()] * len(c), width, sound, tokenizer.pad_token_id)
+            rows, mask = rest_rows(c, [asked.suffix] * len(c), [[]] * len(c), _width(c.max(), widths)
+                                   + len(asked.suffix), sound, tokenizer.pad_token_id)
             logp = score(proj, frozen, rows, mask, tokens[sl][rows_idx], c, labels_static)
             preds.append(np.asarray(logp.argmax(-1))[:n])
         preds = np.concatenate(preds)
-        return {"accuracy": float((preds == labels).mean()), "items": int(len(labels))}
+        return {"accuracy": float((preds == y).mean()), "items": int(len(y))}
 
-    tokens, counts, labels = splits["train"]
+    tokens, counts, y_train = splits["train"]
     by_width = [np.flatnonzero(np.array([_width(c, widths) for c in counts]) == w) for w in widths]
     groups = [g for g in by_width if len(g)]
     group_widths = [w for w, g in zip(widths, by_width, strict=True) if len(g)]
+    # Every row's question and answer, drawn before training (seeded per step): the rows' length is known up front.
+    plan = []
+    for i, (g, pick) in enumerate(schedule([len(g) for g in groups], cfg.batch_size, cfg.steps, cfg.seed)):
+        idx = groups[g][pick]
+        rng = np.random.default_rng([cfg.seed, i])
+        drawn = [wordings.draw(rng, labels, int(y_train[j])) for j in idx]
+        answers = [tokenizer.encode(a, add_special_tokens=False) + [end_of_turn] for _, a in drawn]
+        plan.append((g, idx, [suffix(q) for q, _ in drawn], answers))
+    longest = max(len(a) for *_, answers in plan for a in answers)
+    text = max(len(q) + len(a) - 1 for *_, qs, answers in plan for q, a in zip(qs, answers, strict=True))
     tx = optimizer(cfg)
     opt_state = tx.init(proj)
-    plan = schedule([len(g) for g in groups], cfg.batch_size, cfg.steps, cfg.seed)
-    log(f"train: {len(counts)} clips; rows of {[w + len(prompt.suffix) + longest - 1 for w in group_widths]} tokens "
-        f"after a {len(prompt.prefix)}-token prefix; {sum(x.size for x in jax.tree.leaves(proj)):,} trained "
-        "parameters")
-    window = []
-    for i, (g, pick) in enumerate(plan, 1):
-        idx = groups[g][pick]
-        y = labels[idx]
-        rows, mask = prompt.rows(counts[idx], [forced[t] for t in y], group_widths[g] + len(prompt.suffix)
-                                 + longest - 1, sound, tokenizer.pad_token_id)
-        loss, grads = grad(proj, frozen, rows, mask, tokens[idx], counts[idx], targets[y], target_mask[y])
+    log(f"train: {len(counts)} clips, {len(suffixes)} distinct questions; rows of "
+        f"{[w + text for w in group_widths]} tokens after a {len(asked.prefix)}-token prefix; "
+        f"{sum(x.size for x in jax.tree.leaves(proj)):,} trained parameters")
+    window, curve = [], []
+    for i, (g, idx, qs, answers) in enumerate(plan, 1):
+        rows, mask = rest_rows(counts[idx], qs, [a[:-1] for a in answers], group_widths[g] + text, sound,
+                               tokenizer.pad_token_id)
+        targets, target_mask = right_aligned(answers, longest)
+        loss, grads = grad(proj, frozen, rows, mask, tokens[idx], counts[idx], targets, target_mask)
         updates, opt_state = tx.update(grads, opt_state, proj)
         proj = optax.apply_updates(proj, updates)
         window.append(float(loss))
         if i % cfg.log_every == 0 or i == len(plan):
-            log(f"step {i}/{len(plan)}: loss {np.mean(window):.4f} ({time.perf_counter() - start:.0f} s)")
+            curve.append({"step": i, "loss": round(float(np.mean(window)), 4),
+                          "seconds": round(time.perf_counter() - start, 1)})
+            log(f"step {i}/{len(plan)}: loss {curve[-1]['loss']:.4f} ({curve[-1]['seconds']:.0f} s)")
             window = []
         if cfg.eval_every and i % cfg.eval_every == 0 and i < len(plan):
-            log(f"step {i}: validation accuracy {evaluate('validation')['accuracy']:.3f}")
+            curve.append({"step": i, "validation_accuracy": evaluate("validation", cfg.eval_items)["accuracy"]})
+            log(f"step {i}: validation accuracy {curve[-1]['validation_accuracy']:.3f} ({cfg.eval_items or 'all'} "
+                "clips)")
     train_seconds = time.perf_counter() - start
-    val, test = evaluate("validation"), evaluate("test")
+    val, test = evaluate("validation", cfg.eval_items), evaluate("test")
     log(f"validation accuracy {val['accuracy']:.3f} ({val['items']} clips), test accuracy {test['accuracy']:.3f} "
-        f"({test['items']} clips); chance {1 / len(cfg.labels):.2f}")
+        f"({test['items']} clips); chance {1 / len(cfg.labels):.2f}; {time.perf_counter() - start:.0f} s")
     meta |= {"validation_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
              "validation_items": val["items"], "test_items": test["items"], "seed": cfg.seed,
              "config": cfg.to_dict(), "encode_seconds": round(encode_seconds, 1),
-             "train_seconds": round(train_seconds, 1), "provenance": mini_lalm.provenance()}
+             "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - start, 1),
+             "curve": curve, "provenance": mini_lalm.provenance()}
     return jax.tree.map(np.asarray, proj), tokenizer, meta
+
+
+def right_aligned(answers: list[list[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Answer tokens right-aligned in [B, width] (as the rows are), and their mask."""
+    targets = np.zeros((len(answers), width), np.int32)
+    mask = np.zeros((len(answers), width), np.float32)
+    for i, a in enumerate(answers):
+        targets[i, width - len(a):], mask[i, width - len(a):] = a, 1
+    return targets, mask
+
+
+def stratified(labels: np.ndarray, items: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``items`` rows drawn per class in turn from a seeded shuffle (0 or more than all: all)."""
+    if not items or items >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    queues = [list(rng.permutation(np.flatnonzero(labels == k))) for k in np.unique(labels)]
+    picked = []
+    while len(picked) < items:
+        for q in queues:
+            if q and len(picked) < items:
+                picked.append(q.pop(0))
+    return np.sort(np.asarray(picked))
 
 
 def _width(count: int, widths: list[int]) -> int:

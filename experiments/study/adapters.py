@@ -45,6 +45,7 @@ class Model:
     system: str | None
     n_mels: int
     speech_tokenizer: tuple | None = None  # Kimi-Audio: (module, params) of the GLM-4-Voice tokenizer
+    corpus: str = ""  # the tfds name the checkpoint was trained on (reference.json's "dataset"), if it says
 
 
 def default_question(labels: Sequence[str]) -> str:
@@ -122,7 +123,8 @@ def load_model(cfg, mesh=None) -> Model:
             raise ValueError(f"speech_tokenizer={cfg.speech_tokenizer} takes {speech[0].config.encoder.num_mel_bins} "
                              f"mel bins but Kimi-Audio's Whisper takes {n_mels}; both read the same features")
     return Model(stored, module, params, tokenizer, tuple(labels), token_ids,
-                 cfg.question or ref.get("question") or default_question(labels), system, n_mels, speech)
+                 cfg.question or ref.get("question") or default_question(labels), system, n_mels, speech,
+                 ref.get("dataset", ""))
 
 
 def load_speech_tokenizer(path: str) -> tuple:
@@ -146,11 +148,17 @@ def load_speech_tokenizer(path: str) -> tuple:
                             "(glm-4-voice-tokenizer's own directory)")
 
 
-def ensure_dataset(name: str, config: str, data_dir: str, manual_dir: str) -> str:
+def ensure_dataset(name: str, config: str, data_dir: str, manual_dir: str, own: str = "") -> str:
     """Builds the dataset when it is not there yet (synthetic_prosody needs nothing; real corpora need
-    ``manual_dir``); returns the name ``tfds.data_source`` reads."""
+    ``manual_dir``); returns the name ``tfds.data_source`` reads.
+
+    An empty ``config`` is the builder config of ``own`` (the model's training corpus, ``Model.corpus``) when that
+    is the same dataset, so that the mini-LALM is evaluated on the held-out voices of the corpus it was trained
+    on; else the builder's default."""
     if name not in BUILDERS:
         raise ValueError(f"dataset={name!r}; available: {sorted(BUILDERS)}")
+    own_name, _, own_config = own.partition("/")
+    config = config or (own_config if own_name == name else "")
     builder = BUILDERS[name](data_dir=data_dir or None, config=config or None)
     if not builder.is_prepared():
         prepare(name, manual_dir or None, data_dir or None, config or None)

@@ -56,12 +56,13 @@ def run(cfg, workdir, mesh=None) -> dict:
         model = adapters.load_model(cfg, mesh)
         ctx = stages.Context(cfg, store, model, mesh)
     with timer("batches"):
-        dataset = adapters.ensure_dataset(cfg.dataset, cfg.dataset_config, cfg.data_dir, cfg.manual_dir)
+        dataset = adapters.ensure_dataset(cfg.dataset, cfg.dataset_config, cfg.data_dir, cfg.manual_dir,
+                                          model.corpus)
         if size(cfg.batch_size, "batch_size") is None:  # auto: resolved once, before any batch is written
             splits = [(dataset, cfg.id_split, cfg.max_id_items), (dataset, cfg.eval_split, cfg.max_eval_items)]
             if cfg.transfer_dataset:
                 other = adapters.ensure_dataset(cfg.transfer_dataset, cfg.transfer_dataset_config, cfg.data_dir,
-                                                cfg.manual_dir)
+                                                cfg.manual_dir, model.corpus)
                 splits += [(other, cfg.transfer_id_split, cfg.max_id_items),
                            (other, cfg.transfer_eval_split, cfg.max_eval_items)]
             stages.stage_batch_size(ctx, splits)
@@ -118,7 +119,7 @@ def run(cfg, workdir, mesh=None) -> dict:
     base["sizing"] = ctx.sizer.summary()
     if cfg.transfer_dataset:
         base["transfer"] = {"dataset": adapters.ensure_dataset(cfg.transfer_dataset, cfg.transfer_dataset_config,
-                                                               cfg.data_dir, cfg.manual_dir)}
+                                                               cfg.data_dir, cfg.manual_dir, model.corpus)}
     with timer("analysis"):
         r = analyze(ev, base, cfg)
     arrays = {**ev.arrays(), "ids": items["ids"], "clean_preds": preds(ev.clean[0]),
@@ -217,7 +218,7 @@ def _transfer(ctx, masks_a: np.ndarray) -> dict[str, np.ndarray]:
     [P, S, 2, E, N, E] (A's masks, B's), transfer_masks [S, E, L, I] (B's)."""
     cfg = ctx.cfg
     dataset = adapters.ensure_dataset(cfg.transfer_dataset, cfg.transfer_dataset_config, cfg.data_dir,
-                                      cfg.manual_dir)
+                                      cfg.manual_dir, ctx.model.corpus)
     id_names = stages.stage_batches(ctx, "B", dataset, cfg.transfer_id_split, cfg.max_id_items)
     eval_names = stages.stage_batches(ctx, "B", dataset, cfg.transfer_eval_split, cfg.max_eval_items)
     labels = stages.items_of(ctx, eval_names[0])["labels"]
