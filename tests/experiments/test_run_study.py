@@ -731,3 +731,17 @@ def test_voxtral_tokens_per_window_must_match_the_features(env, lalms):
     examples = list(pipeline.read(dataset, "test", data_dir, "four"))[:2]
     with pytest.raises(ValueError, match="audio tokens for .* 30-s windows but this Voxtral's adapter makes 750"):
         next(adapters.batches(dataclasses.replace(model, module=other), examples, cfg))
+
+
+def test_the_corpus_config_defaults_to_the_checkpoints_own(env):
+    """An empty dataset_config reads the builder config the checkpoint was trained on (reference.json's dataset,
+    Model.corpus) when it names the same dataset: the mini-LALM is evaluated on the voices it never heard."""
+    data_dir = str(env[1])
+    assert adapters.ensure_dataset("synthetic_prosody", "", data_dir, "", "synthetic_prosody/tiny") == \
+        "synthetic_prosody/tiny"
+    assert adapters.ensure_dataset("synthetic_prosody", "tiny", data_dir, "", "synthetic_prosody/large") == \
+        "synthetic_prosody/tiny"  # an explicit config wins
+    with pytest.raises(ValueError, match="dataset='iemocap/tiny'"):
+        adapters.ensure_dataset("iemocap/tiny", "", data_dir, "", "synthetic_prosody/tiny")
+    model = adapters.load_model(get_config(f"data_dir={data_dir}"))  # the shipped mini-LALM
+    assert model.corpus == "synthetic_prosody/large"
