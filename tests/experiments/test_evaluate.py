@@ -16,8 +16,8 @@ import tensorflow_datasets as tfds
 from configs.study import PROMPTS, get_config
 from esn_jax.data import BUILDERS
 from esn_jax.reference import wordings
-from experiments import evaluate
 from experiments.study import adapters, answers
+from experiments.study import benchmark as evaluate
 from tests.experiments import tiny_reference
 
 ITEMS = 8  # the tiny corpus's test split: one voice, two sentences, four profiles
