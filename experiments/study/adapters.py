@@ -24,7 +24,7 @@ import ports
 from configs.study import PROMPTS, parse_list
 from esn_jax.data import BUILDERS, EMOTIONS, FOUR, pipeline
 from esn_jax.data.prepare import prepare
-from esn_jax.reference import mini_lalm
+from esn_jax.reference import mini_lalm, wordings
 from ports import prompts, sharding
 from ports.audio import output_lengths
 from ports.convert import from_hf_dir
@@ -52,10 +52,6 @@ def default_question(labels: Sequence[str]) -> str:
     return f"What emotion does the speaker express? Answer with one word: {', '.join(labels)}."
 
 
-def _word_list(words: Sequence[str]) -> str:
-    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
-
-
 def questions(model: Model, names: Sequence[str]) -> tuple[str, ...]:
     """The question of each prompt variant in ``names`` (:data:`configs.study.PROMPTS`): ``asked`` is the
     model's own question; the others list the label words in their variant's order (reversed, or rotated by two)."""
@@ -67,7 +63,7 @@ def questions(model: Model, names: Sequence[str]) -> tuple[str, ...]:
         template, order = PROMPTS[name]
         words = list(model.labels)
         words = words[::-1] if order == "reversed" else words[2:] + words[:2]
-        out.append(template.format(labels=_word_list(words)))
+        out.append(template.format(labels=wordings.word_list(words)))
     return tuple(out)
 
 

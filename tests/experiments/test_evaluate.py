@@ -16,8 +16,7 @@ import tensorflow_datasets as tfds
 from configs.study import PROMPTS, get_config
 from esn_jax.data import BUILDERS
 from esn_jax.reference import wordings
-from experiments.study import adapters, answers
-from experiments.study import benchmark as evaluate
+from experiments.study import adapters, answers, benchmark
 from tests.experiments import tiny_reference
 
 ITEMS = 8  # the tiny corpus's test split: one voice, two sentences, four profiles
@@ -79,7 +78,7 @@ def greedy_texts(model, batch, n: int) -> list[str]:
 
 def test_scores_every_wording_as_a_direct_computation(setup):
     cfg, model = setup
-    result = evaluate.evaluate(cfg, held_out=True)
+    result = benchmark.evaluate(cfg, held_out=True)
     expected = [*PROMPTS, *(f"held_out_{i}" for i in range(1, len(wordings.HELD_OUT) + 1))]
     assert list(result["wordings"]) == expected and result["dataset"] == "synthetic_prosody/tiny"
     questions = adapters.questions(model, tuple(PROMPTS)) + wordings.held_out_questions(model.labels)
@@ -100,7 +99,7 @@ def test_scores_every_wording_as_a_direct_computation(setup):
 def test_free_answers_are_parsed_as_a_greedy_loop_reads_them(setup):
     cfg, model = setup
     question = "Which emotion?"
-    result = evaluate.evaluate(cfg, [question], answer="generate", max_items=4)
+    result = benchmark.evaluate(cfg, [question], answer="generate", max_items=4)
     r = result["wordings"]["q1"]
     texts, labels = [], []
     for batch in study_batches(model, cfg, question, max_items=4):
