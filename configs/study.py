@@ -85,7 +85,14 @@ def defaults(local: bool = False, full: bool = False) -> dict:
         # is LAPE's own kept share (Tang et al.); the mini-LALM has 30 × 1536 = 46,080 neurons.
         ks="0.05" if local else ("0.005+0.01+0.02" if full else "0.01"),
         main_k=1 if full else 0,  # index into ks of the k for steering, agnostic injection, layers, transfer
-        alphas="1+4" if local else ("1+2+4+8" if full else "2+8"),
+        # Gains ×(1 + α), scored (constrained) and answered freely (experiments/study/steering.py): the grid reaches
+        # gains small enough that the model stays fluent; α is chosen per selector on held-out items
+        alphas="0.5+4" if local else ("0.25+0.5+1+2+4+8" if full else "1+8"),
+        # DiffMean (an emotion's mean activation minus the others', added ×c): its own factor grid and choice
+        diffmean_factors="1+4" if local else ("0.5+1+2+4+8" if full else "1+4"),
+        # free-form steering items (a seeded, label-stratified subset of eval_split; 0: the evaluation items): every
+        # gain on the ESNs and on every random control is answered freely on each, half of them choose α
+        steer_items=0 if local or full else 16,
         random_seeds="0+1+2",  # one matched random control per seed and mask
         # prompt variants (PROMPTS): statistics pool over them, every intervention is measured under each; the
         # lean default asks one (each more prompt costs about as much again as the intervention stages, see README)
@@ -107,8 +114,8 @@ def defaults(local: bool = False, full: bool = False) -> dict:
     )
 
 
-_LISTS = {"selectors": str, "ks": float, "alphas": float, "random_seeds": int, "buckets": float, "labels": str,
-          "prompts": str}
+_LISTS = {"selectors": str, "ks": float, "alphas": float, "diffmean_factors": float, "random_seeds": int,
+          "buckets": float, "labels": str, "prompts": str}
 
 
 def parse_list(key: str, value: str) -> tuple:
@@ -173,7 +180,7 @@ def validate(cfg) -> None:
     bad = sorted(set(prompts) - set(PROMPTS))
     if bad or not prompts or len(set(prompts)) != len(prompts):
         problems.append(f"prompts={cfg.prompts!r}: name each of {sorted(PROMPTS)} at most once (unknown: {bad})")
-    for key in ("ks", "alphas", "random_seeds", "buckets"):
+    for key in ("ks", "alphas", "diffmean_factors", "random_seeds", "buckets"):
         try:
             if not parse_list(key, getattr(cfg, key)):
                 problems.append(f"{key} is empty")
@@ -187,10 +194,17 @@ def validate(cfg) -> None:
             problems.append(f"random_seeds={cfg.random_seeds}: name each seed once")
         if any(a < -1 for a in parse_list("alphas", cfg.alphas)):
             problems.append(f"alphas={cfg.alphas}: a gain 1 + alpha must be >= 0")
+        for key in ("alphas", "diffmean_factors"):
+            grid = parse_list(key, getattr(cfg, key))
+            if list(grid) != sorted(set(grid)) or 0 in grid:
+                problems.append(f"{key}={getattr(cfg, key)}: list distinct nonzero values in increasing order (the "
+                                "free-form steering interpolates along the grid from 0, the unedited model)")
     if cfg.answer not in ANSWERS:
         problems.append(f"answer={cfg.answer!r} (choose from {ANSWERS})")
     if cfg.view not in ("four", "full"):
         problems.append(f"view={cfg.view!r} (four or full)")
+    if cfg.steer_items < 0:
+        problems.append(f"steer_items={cfg.steer_items} must be >= 0 (0: the evaluation items)")
     for key in ("bootstrap", "permutations", "resamples", "answer_tokens", "says_tokens"):
         if getattr(cfg, key) < 1:
             problems.append(f"{key}={getattr(cfg, key)} must be >= 1")

@@ -10,13 +10,14 @@ Public API::
 Modules: :mod:`esn_jax.scoring`, :mod:`esn_jax.stats`, :mod:`esn_jax.selectors`,
 :mod:`esn_jax.interventions`, :mod:`esn_jax.sweep` (with :mod:`esn_jax.prefix`), :mod:`esn_jax.decoding`
 (generation under interventions), :mod:`esn_jax.metrics`, and
-beyond the paper :mod:`esn_jax.collateral` (an intervention's cost to next-token loss on plain text).
+beyond the paper :mod:`esn_jax.collateral` (an intervention's cost: next-token loss on plain text, drift of the
+answer-position distribution, the probability left on the labels).
 """
 
 from esn_jax import metrics
-from esn_jax.collateral import text_loss
+from esn_jax.collateral import answer_drift, kl_divergence, label_mass, text_loss
 from esn_jax.decoding import generate
-from esn_jax.interventions import ablate, at_positions, gain, mean_ablate, mix, stack, two_pass, union
+from esn_jax.interventions import ablate, add_vector, at_positions, gain, mean_ablate, mix, stack, two_pass, union
 from esn_jax.scoring import score_labels
 from esn_jax.selectors import METHODS, attribution, select
 from esn_jax.stats import EmotionStats, StatsConfig, model_dims, position_mask
@@ -24,7 +25,7 @@ from esn_jax.stats import update as update_stats
 from esn_jax.sweep import score_variants
 
 __all__ = [
-    "METHODS", "EmotionStats", "StatsConfig", "ablate", "at_positions", "attribution", "gain", "generate",
-    "mean_ablate", "metrics", "mix", "model_dims", "position_mask", "score_labels", "score_variants", "select",
-    "stack", "text_loss", "two_pass", "union", "update_stats",
+    "METHODS", "EmotionStats", "StatsConfig", "ablate", "add_vector", "answer_drift", "at_positions", "attribution",
+    "gain", "generate", "kl_divergence", "label_mass", "mean_ablate", "metrics", "mix", "model_dims", "position_mask",
+    "score_labels", "score_variants", "select", "stack", "text_loss", "two_pass", "union", "update_stats",
 ]

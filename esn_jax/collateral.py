@@ -1,4 +1,4 @@
-"""Collateral damage: what an intervention costs the language model on plain text (beyond the paper).
+"""Collateral damage: what an intervention costs, beyond the labels it moves (beyond the paper).
 
 A neuron set is emotion-specific in a useful sense when silencing it hurts emotion recognition but leaves
 the language model's ordinary text prediction alone. :func:`text_loss` measures the second half: the mean
@@ -6,7 +6,17 @@ next-token negative log-likelihood of text rows under each of V stacked interven
 as :func:`esn_jax.sweep.score_variants` is. :data:`PLAIN_TEXT` is the fixed set of prompts the study
 scores: short everyday English (facts, instructions, small dialogue), no audio.
 
-Axes: V = variants, B = rows, T = tokens, L = layers, I = neurons.
+Two more costs are read at the answer position of the study's own prompts, any port:
+
+- drift, :func:`answer_drift`: KL(clean ‖ intervened) of the whole next-token distribution there, i.e. how far an
+  intervention moves everything the model would say next, not only the labels (computed inside the sweep's program,
+  ``score_variants(..., drift=True)``);
+- label mass, :func:`label_mass`: the total probability the E labels keep (from the label log-probs the sweep
+  returns), i.e. whether the model still answers with a label at all.
+
+:func:`kl_divergence` is the KL of any two log-distributions, in numpy.
+
+Axes: V = variants, B = rows, T = tokens, E = labels, L = layers, I = neurons.
 """
 
 from __future__ import annotations
@@ -81,3 +91,36 @@ def _loss(module, params, input_ids, attention_mask, chunks):
 
     out = jax.lax.map(jax.vmap(loss), chunks)  # [V / chunk, chunk, B]
     return out.reshape(-1, b)
+
+
+def answer_drift(module, params, batch, interventions: Interventions, label_token_ids,
+                 chunk_size: int | None = None) -> jnp.ndarray:
+    """KL(clean ‖ intervened) of the next-token distribution at every row's answer position under each of V
+    interventions: a jnp array [V, B] (nats, float32).
+
+    The arguments are :func:`esn_jax.sweep.score_variants`'; this is ``score_variants(..., drift=True)`` without its
+    label log-probs (the same program: a caller that wants both calls that). The labels decide only the packed
+    forward the KL is read from, not its value: the answer position's distribution is the prompt's.
+    """
+    _, kl = sweep.score_variants(module, params, batch, interventions, label_token_ids, chunk_size, drift=True)
+    return kl
+
+
+def label_mass(logp) -> np.ndarray:
+    """The total probability on the E labels: label log-probs [..., E] (as :func:`esn_jax.score_variants` returns,
+    e.g. [V, B, E]) -> [...] float64, ``exp(logsumexp(logp))``; −inf log-probs count 0. For multi-token labels each
+    term is the probability of the whole label sequence."""
+    logp = np.asarray(logp, np.float64)
+    top = logp.max(axis=-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)  # all −inf: exp(−inf − 0) = 0
+    return np.exp(top[..., 0]) * np.exp(logp - top).sum(-1)
+
+
+def kl_divergence(p_logp, q_logp) -> np.ndarray:
+    """KL(p ‖ q) = Σ p (log p − log q) over the last axis of two log-distributions [..., K] (broadcasting) ->
+    [...] float64. Terms where p = 0 (log p = −inf) count 0; p > 0 where q = 0 gives inf."""
+    p_logp, q_logp = np.broadcast_arrays(np.asarray(p_logp, np.float64), np.asarray(q_logp, np.float64))
+    p = np.exp(p_logp)
+    with np.errstate(invalid="ignore"):  # −inf − −inf where p = 0: masked out below
+        terms = np.where(p > 0, p * (p_logp - q_logp), 0.0)
+    return terms.sum(-1)

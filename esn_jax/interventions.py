@@ -72,6 +72,21 @@ def gain(mask, alpha: float, site: str = "gate_act") -> Interventions:
     return {_site(site): {"scale": 1.0 + _alpha(alpha) * _mask(mask).astype(jnp.float32)}}
 
 
+def add_vector(mask, vector, factor: float, site: str = "gate_act") -> Interventions:
+    """Adds ``factor`` × ``vector`` to the masked neurons (a steering vector, e.g. DiffMean: one emotion's mean
+    activation minus the others'). mask [..., L, I], vector [..., L, I] (broadcast) -> scale, shift [..., L, I]."""
+    m = _mask(mask)
+    v = jnp.asarray(vector, jnp.float32)
+    if v.shape[-2:] != m.shape[-2:]:
+        raise ValueError(f"vector [..., L, I] = {v.shape} does not match the mask's {m.shape}")
+    try:
+        value = float(factor)
+    except (TypeError, jax.errors.ConcretizationTypeError) as err:
+        raise ValueError(f"factor must be a concrete number; got {factor!r}") from err
+    shift = value * jnp.where(m, v, 0.0)
+    return {_site(site): {"scale": jnp.ones(shift.shape, jnp.float32), "shift": shift}}
+
+
 def union(masks, alpha: float, site: str = "gate_act") -> Interventions:
     """Label-free Union: gain α on every neuron any emotion selected. masks [E, L, I] -> scale [L, I]."""
     return gain(_mask(masks, "masks").any(axis=-3), alpha, site)

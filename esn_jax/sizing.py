@@ -59,7 +59,7 @@ class Footprint:
     """Per-device bytes of one compiled sweep, by kind."""
 
     arguments: int  # every parameter, the embedded batch and the edits: their shards on one device
-    outputs: int  # label log-probs (less any donated to them)
+    outputs: int  # label log-probs, and with drift the answer-position KLs (less any donated to them)
     temporaries: int  # what XLA allocates while the program runs (activations)
     code: int  # the generated code
 
@@ -99,24 +99,26 @@ def argument_bytes(tree) -> int:
 
 
 def sweep_footprint(module, params, batch: int, length: int, chunk: int, label_token_ids: Sequence[Sequence[int]],
-                    site: str = "gate_act", prefix_length: int = 0, mesh=None) -> Footprint:
+                    site: str = "gate_act", prefix_length: int = 0, mesh=None, drift: bool = False) -> Footprint:
     """:func:`sweep_bytes` by kind (see :class:`Footprint`)."""
     args = sweep_arguments(module, params, batch, length, chunk, site, mesh)
-    m = sweep.lower_sweep(module, *args, label_token_ids, prefix_length).compile().memory_analysis()
+    m = sweep.lower_sweep(module, *args, label_token_ids, prefix_length, drift=drift).compile().memory_analysis()
     return Footprint(arguments=argument_bytes(args), outputs=m.output_size_in_bytes - m.alias_size_in_bytes,
                      temporaries=m.temp_size_in_bytes, code=m.generated_code_size_in_bytes)
 
 
 def sweep_bytes(module, params, batch: int, length: int, chunk: int, label_token_ids: Sequence[Sequence[int]],
-                site: str = "gate_act", prefix_length: int = 0, mesh=None) -> int:
+                site: str = "gate_act", prefix_length: int = 0, mesh=None, drift: bool = False) -> int:
     """Per-device bytes of one :func:`esn_jax.score_variants` call: ``chunk`` variants of [L, I] edits on ``batch``
     left-padded prompts of ``length`` tokens, compiled for the devices of ``mesh`` (default: the first device).
 
     params: the port's parameters, concrete or abstract (``jax.ShapeDtypeStruct``, with shardings under a mesh);
     all of them count, as all of them are on the device.
     prefix_length: the prompt prefix all rows share (run once per variant); 0 plans for none, the larger program.
+    drift: plan the program that also returns each variant's answer-position KL (``score_variants(..., drift=True)``).
     """
-    return sweep_footprint(module, params, batch, length, chunk, label_token_ids, site, prefix_length, mesh).total
+    return sweep_footprint(module, params, batch, length, chunk, label_token_ids, site, prefix_length, mesh,
+                           drift).total
 
 
 def largest(fits: Callable[[int], bool], upper: int) -> int:

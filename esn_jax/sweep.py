@@ -10,6 +10,10 @@ runs once per variant rather than once per clip per variant (:mod:`esn_jax.prefi
 shape share one compilation per shared-prefix length and split layer (:func:`first_edited_layer`: a power of
 two, so a few programs at most).
 
+With ``drift=True`` the same program also measures how far each intervention moves the whole next-token
+distribution at the answer position: KL(clean ‖ intervened) over the full vocabulary, the clean distribution
+computed once per call from the same split forward (:func:`ports.split_decoder.above` with no edits).
+
 Axes: V = variants, B = batch, N = labels, L = layers, I = neurons.
 """
 
@@ -40,13 +44,17 @@ def num_variants(interventions: Interventions) -> int:
 
 def score_variants(module, params, batch: Mapping[str, Any], interventions: Interventions,
                    label_token_ids: Sequence[Sequence[int]], chunk_size: int | None = None,
-                   share_prefix: bool = True) -> jnp.ndarray:
-    """Label log-probs under each of V interventions: [V, B, N].
+                   share_prefix: bool = True, drift: bool = False) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
+    """Label log-probs under each of V interventions: [V, B, N]; with ``drift``, (log-probs [V, B, N], kl [V, B]).
 
     batch: the port's raw forward kwargs (see :func:`esn_jax.scoring.score_labels`).
     interventions: edits with a leading variant axis, e.g. ``interventions.ablate(masks [V, L, I])``.
     chunk_size: variants per vmapped step (default all V); V is padded up to a multiple of it.
     share_prefix: run the prompt prefix all rows share once per variant (position-independent edits only).
+    drift: also return ``kl[v, b]`` = KL(clean ‖ variant v) = Σ_vocab p_clean (log p_clean − log p_v) of row b's
+    next-token distribution at its answer position (float32 log-softmax over the whole vocabulary; clean: the
+    unedited forward). Costs one more edit-free pass above the split layer per call and a [B, vocab] log-softmax
+    per variant.
     """
     ref = batch["inputs_embeds"] if "inputs_embeds" in batch else batch["input_ids"]
     chunks, v = chunk_variants(params, interventions, tuple(np.shape(ref)[:2]), chunk_size)
@@ -54,8 +62,8 @@ def score_variants(module, params, batch: Mapping[str, Any], interventions: Inte
     position_independent = all(np.ndim(leaf) == 3 for leaf in jax.tree.leaves(interventions))  # [V, L, I]
     p = prefix.shared_length(embedded) if share_prefix and position_independent else 0
     cut = first_edited_layer(interventions, model_dims(params)[0])
-    out = _sweep(module, params, embedded, chunks, scoring.label_tokens(label_token_ids), p, cut)
-    return out[:v]
+    out = _sweep(module, params, embedded, chunks, scoring.label_tokens(label_token_ids), p, cut, drift)
+    return (out[0][:v], out[1][:v]) if drift else out[:v]
 
 
 def chunk_variants(params, interventions: Interventions, shape: tuple[int, int],
@@ -80,7 +88,8 @@ def chunk_variants(params, interventions: Interventions, shape: tuple[int, int],
 
 
 def lower_sweep(module, params, embedded: Mapping[str, Any], chunks: Interventions,
-                label_token_ids: Sequence[Sequence[int]], prefix_length: int = 0, cut: int = 0) -> jax.stages.Lowered:
+                label_token_ids: Sequence[Sequence[int]], prefix_length: int = 0, cut: int = 0,
+                drift: bool = False) -> jax.stages.Lowered:
     """The program :func:`score_variants` runs, lowered for these arguments without running it: what the memory
     plan compiles (``.compile().memory_analysis()``). Every argument may be abstract (``jax.ShapeDtypeStruct``
     leaves, with shardings); nothing is allocated.
@@ -88,24 +97,48 @@ def lower_sweep(module, params, embedded: Mapping[str, Any], chunks: Interventio
     embedded: the batch after the encoders (:func:`esn_jax.scoring.embed`): ``inputs_embeds`` [B, T, H],
     ``attention_mask`` [B, T], ...; chunks: edits [C, chunk, ...] (C calls of ``chunk`` vmapped variants, see
     :func:`chunk_variants`); prefix_length: P, the shared prompt prefix run once per variant (0: none); cut: the
-    layer the forward is split at (:func:`first_edited_layer`; 0, the largest program, when planning).
+    layer the forward is split at (:func:`first_edited_layer`; 0, the largest program, when planning); drift: the
+    program that also returns the answer-position KL [C * chunk, B] (see :func:`score_variants`).
     """
     return _sweep.lower(module, params, dict(embedded), chunks, scoring.label_tokens(label_token_ids), prefix_length,
-                        cut)
+                        cut, drift)
 
 
-@functools.partial(jax.jit, static_argnames=("module", "label_token_ids", "prefix_length", "cut"))
-def _sweep(module, params, embedded, chunks, label_token_ids, prefix_length, cut):
+@functools.partial(jax.jit, static_argnames=("module", "label_token_ids", "prefix_length", "cut", "drift"))
+def _sweep(module, params, embedded, chunks, label_token_ids, prefix_length, cut, drift=False):
     head, rest = prefix.split(embedded, prefix_length) if prefix_length else (None, embedded)
     kw, positions, width = scoring.label_inputs(module, params, rest, label_token_ids, prefix_length)
     text, text_params = language_model(module, params)
     state = split_decoder.below(text, text_params, kw, head, cut, positions)  # once per clip, not per variant
 
-    def score(edits):
-        h = split_decoder.above(text, text_params, state, scoring.fit_edits(edits, width), cut, positions)
-        return scoring.read_labels(text.apply({"params": text_params}, h, method="logits"), label_token_ids)
-    out = jax.lax.map(jax.vmap(score), chunks)  # [V / chunk, chunk, B, N]
-    return out.reshape(-1, *out.shape[2:])
+    def logits(edits):  # [B, S, vocab] at the positions the labels read (column 0: the answer position)
+        h = split_decoder.above(text, text_params, state, edits, cut, positions)
+        return text.apply({"params": text_params}, h, method="logits")
+
+    if not drift:
+        def score(edits):
+            return scoring.read_labels(logits(scoring.fit_edits(edits, width)), label_token_ids)
+        out = jax.lax.map(jax.vmap(score), chunks)  # [V / chunk, chunk, B, N]
+        return out.reshape(-1, *out.shape[2:])
+
+    clean = _answer_logp(logits({}))  # [B, vocab], once per call: no edit anywhere
+
+    def score_and_drift(edits):
+        out = logits(scoring.fit_edits(edits, width))
+        return scoring.read_labels(out, label_token_ids), _kl(clean, _answer_logp(out))
+    logp, kl = jax.lax.map(jax.vmap(score_and_drift), chunks)  # [V / chunk, chunk, B, N], [V / chunk, chunk, B]
+    return logp.reshape(-1, *logp.shape[2:]), kl.reshape(-1, kl.shape[-1])
+
+
+def _answer_logp(logits) -> jnp.ndarray:
+    """Logits [B, S, vocab] -> the answer position's (column 0) full next-token log-distribution [B, vocab]."""
+    return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1)
+
+
+def _kl(p_logp, q_logp) -> jnp.ndarray:
+    """KL(p ‖ q) of log-distributions [..., vocab] -> [...]; terms where p = 0 count 0."""
+    p = jnp.exp(p_logp)
+    return jnp.where(p > 0, p * (p_logp - q_logp), 0.0).sum(-1)
 
 
 def first_edited_layer(interventions: Interventions, num_layers: int) -> int:

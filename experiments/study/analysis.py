@@ -147,11 +147,42 @@ def steering(labels, clean, esn, rnd, alphas, cfg) -> dict:
     gaps = _quiet_nanmean(rates[-1][None] - random_rates, 1)  # [R, 1 + B]
     rho = (scipy_stats.spearmanr(grid, mean_esn[:, 0]).statistic if np.ptp(mean_esn[:, 0]) > 0
            else float("nan"))
+    # Per item, the share of its other emotions it was moved to at the largest α: ESNs vs the controls' mean.
+    other = labels[None] != np.arange(e)[:, None]  # [E, N]
+    with np.errstate(invalid="ignore"):
+        moved_esn = ((esn[-1] == np.arange(e)[:, None]) & other).sum(0) / other.sum(0)
+        moved_rnd = ((rnd == np.arange(e)[:, None]) & other).sum(1).mean(0) / other.sum(0)
+    p = metrics.paired_permutation_test(moved_esn, moved_rnd, cfg.permutations, cfg.seed) if len(labels) else None
     return {"alphas": grid, "esn": _list(rates[..., 0].T), "mean_esn": _list(mean_esn[:, 0]),
             "esn_ci": [_ci(m[1:]) for m in mean_esn], "random_at_max_alpha": _list(random_rates[..., 0]),
             "mean_random_per_seed": _list(_quiet_nanmean(random_rates[..., 0], 1)),
             "mean_random": num(np.nanmean(random_rates[..., 0])), "spearman": num(rho),
-            "gap_per_seed": _list(gaps[:, 0]), "gap_ci_per_seed": [_ci(g[1:]) for g in gaps]}
+            "gap_per_seed": _list(gaps[:, 0]), "gap_ci_per_seed": [_ci(g[1:]) for g in gaps],
+            "p_permutation": None if p is None else num(p)}
+
+
+def costs(r: dict, ev_costs: dict, names, ks, main_k: int) -> None:
+    """Adds each scored intervention's costs at the answer position under the first prompt, beside its constrained
+    numbers in ``r``: ``label_mass`` (the total probability on the label words, mean over items and masks) and ``kl``
+    (KL(clean ‖ intervened), the same mean). ev_costs: :attr:`Evidence.costs`."""
+    def mean(x, i):
+        return num(np.mean(np.asarray(x, np.float64)[..., i]))
+    mass = mean(ev_costs["clean_mass"][0][..., None], 0)
+    r["clean"]["label_mass"] = mass
+    deact, steer, rnd, agn = (ev_costs[k][0] for k in ("deactivate", "steer", "steer_random", "agnostic"))
+    for s, name in enumerate(names):
+        for j, k in enumerate(ks):
+            d = r["selectors"][name]["k"][k]["deactivation"]
+            d["label_mass"], d["kl"] = mean(deact[s, j, 0], 1), mean(deact[s, j, 0], 0)
+            d["random"]["label_mass"], d["random"]["kl"] = mean(deact[s, j, 1:], 1), mean(deact[s, j, 1:], 0)
+        v = r["steering"][name]
+        v["label_mass"] = [mass, *(mean(steer[s, a], 1) for a in range(steer.shape[1]))]
+        v["kl"] = [0.0, *(mean(steer[s, a], 0) for a in range(steer.shape[1]))]
+        v["random_label_mass"], v["random_kl"] = mean(rnd[s], 1), mean(rnd[s], 0)
+        for i, strategy in enumerate(("union", "mix")):
+            a_ = r["agnostic"][name][strategy]
+            a_["label_mass"] = [mean(agn[s, i, a], 1) for a in range(agn.shape[2])]
+            a_["kl"] = [mean(agn[s, i, a], 0) for a in range(agn.shape[2])]
 
 
 def agnostic_preds(labels, clean, steer, union_mix) -> np.ndarray:

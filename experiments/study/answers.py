@@ -53,6 +53,11 @@ def parse(text: str, labels: Sequence[str]) -> int:
     return min(found)[1] if found else NO_CLASS
 
 
+def named(text: str, labels: Sequence[str]) -> int:
+    """How many distinct labels the answer names (by the same words and synonyms as :func:`parse`)."""
+    return len({j for pattern, j in patterns(labels) if pattern.search(text)})
+
+
 def as_logp(parsed, num_labels: int) -> np.ndarray:
     """Parsed labels [...] -> pseudo log-probs [..., E]: 0 for the named label, −inf for the others (all −inf when
     the answer named none), so that the study's argmax reads the parsed label back."""

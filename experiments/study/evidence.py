@@ -25,6 +25,8 @@ NEAR_TIE = 1e-4
 # The log-prob fields, in the order the report lists them as stages (the transfer fields only with a second dataset).
 LOGP_FIELDS = ("clean", "deactivate", "prompt_transfer", "steer", "steer_random", "agnostic", "transfer_clean",
                "transfer")
+DICT_FIELDS = ("costs", "free")
+COST_FIELDS = ("deactivate", "steer", "steer_random", "agnostic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,13 +47,23 @@ class Evidence:
     transfer_clean: np.ndarray | None = None  # [P, N_B, E]
     transfer: np.ndarray | None = None  # [P, S, 2, E, N_B, E]: the main masks, then B's own, ablated on B
     transfer_masks: np.ndarray | None = None  # bool [S, E, L, I]: selected on B
+    # What each scored intervention costs at the answer position, beside its log-probs (COST_FIELDS): <field> [...,
+    # N, 2] (KL(clean ‖ intervened), label mass) for the log-prob field of that name, and "clean_mass" [P, N].
+    costs: dict[str, np.ndarray] | None = None
+    # The free-form steering evaluation (experiments.study.steering.run_stage's arrays).
+    free: dict[str, np.ndarray] | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The fields as predictions.npz stores them (log-prob fields as ``<field>_logp``); masks go to masks.npz."""
+        """The fields as predictions.npz stores them (log-prob fields as ``<field>_logp``, the dict fields' entries as
+        ``<field>__<key>``); masks go to masks.npz."""
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is not None and "masks" not in f.name:
+            if value is None or "masks" in f.name:
+                continue
+            if f.name in DICT_FIELDS:
+                out.update({f"{f.name}__{k}": np.asarray(v) for k, v in value.items()})
+            else:
                 out[f"{f.name}_logp" if f.name in LOGP_FIELDS else f.name] = np.asarray(value)
         return out
 
@@ -59,7 +71,12 @@ class Evidence:
     def load(cls, predictions, masks) -> Evidence:
         """From the mappings of predictions.npz and masks.npz (see :meth:`arrays`)."""
         kw = {}
+        for field in DICT_FIELDS:
+            found = {k.split("__", 1)[1]: np.asarray(predictions[k]) for k in predictions if k.startswith(f"{field}__")}
+            kw[field] = found or None
         for f in dataclasses.fields(cls):
+            if f.name in DICT_FIELDS:
+                continue
             key = f"{f.name}_logp" if f.name in LOGP_FIELDS else f.name
             source = masks if "masks" in f.name else predictions
             if key in source:

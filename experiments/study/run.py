@@ -26,7 +26,7 @@ import numpy as np
 
 import esn_jax
 from configs.study import parse_list, size
-from experiments.study import adapters, analysis, answers, report, stages, verdicts
+from experiments.study import adapters, analysis, answers, report, stages, steering, verdicts
 from experiments.study.evidence import Evidence, near_ties, preds
 
 
@@ -70,7 +70,7 @@ def run(cfg, workdir, mesh=None) -> dict:
         eval_names = stages.stage_batches(ctx, "A", dataset, cfg.eval_split, cfg.max_eval_items)
         items = stages.items_of(ctx, eval_names[0])
     with timer("clean"):
-        clean = stages.stage_clean(ctx, "A", eval_names)  # [P, N, E]
+        clean, clean_mass = stages.stage_clean(ctx, "A", eval_names)  # [P, N, E], [P, N]
     with timer("statistics"):
         per_prompt = stages.stage_stats(ctx, "A", id_names)
     with timer("select"):
@@ -90,14 +90,19 @@ def run(cfg, workdir, mesh=None) -> dict:
         says = stages.stage_says(ctx, eval_names[0], masks)
     with timer("collateral"):
         text = stages.stage_collateral(ctx, masks)
+    with timer("free-form steering"):
+        free = steering.run_stage(ctx, dataset, eval_names, masks, pooled_stats, text)
     transfer = {}
     if cfg.transfer_dataset:
         with timer("transfer"):
             transfer = _transfer(ctx, masks[:, cfg.main_k, 0])
-    ev = Evidence(labels=items["labels"], clean=clean, deactivate=deact, steer=steer["esn"],
-                  steer_random=steer["random"], agnostic=agn, masks=masks, collateral_clean=text["clean"],
+    costs = {"clean_mass": clean_mass, "deactivate": deact["costs"], "steer": steer["esn_costs"],
+             "steer_random": steer["random_costs"], "agnostic": agn["costs"]}
+    ev = Evidence(labels=items["labels"], clean=clean, deactivate=deact["logp"], steer=steer["esn_logp"],
+                  steer_random=steer["random_logp"], agnostic=agn["logp"], masks=masks, collateral_clean=text["clean"],
                   collateral_masked=text["masked"], unknown_share=float(text["unknown_share"]),
-                  prompt_masks=prompt_masks, prompt_transfer=moved, **transfer)
+                  prompt_masks=prompt_masks, prompt_transfer=None if moved is None else moved["logp"], costs=costs,
+                  free=free, **transfer)
     layers, neurons = esn_jax.model_dims(model.params)
     base = {
         "config": cfg.to_dict(), "config_hash": store.key,
@@ -179,6 +184,10 @@ def analyze(ev: Evidence, base: dict, cfg) -> dict:
         r["transfer"]["per_prompt"] = [
             analysis.transfer(ev.transfer_labels, preds(ev.transfer_clean[p]), preds(ev.transfer[p]), main,
                               ev.transfer_masks, names, e) for p in range(len(clean))]
+    if ev.costs is not None:
+        analysis.costs(r, ev.costs, names, [_k_name(k) for k in ks], cfg.main_k)
+    r["steering_free"] = (steering.analyze(ev.free, cfg, names, None if ev.costs is None else ev.costs["steer"],
+                                           [p["name"] for p in base["prompts"]]) if ev.free is not None else None)
     r["collateral"] = analysis.collateral(r, ev.collateral_clean, ev.collateral_masked, ev.unknown_share)
     r["near_ties"] = near_ties(ev)
     r["findings"] = verdicts.assess(r, ev, cfg)
@@ -222,10 +231,10 @@ def _transfer(ctx, masks_a: np.ndarray) -> dict[str, np.ndarray]:
     id_names = stages.stage_batches(ctx, "B", dataset, cfg.transfer_id_split, cfg.max_id_items)
     eval_names = stages.stage_batches(ctx, "B", dataset, cfg.transfer_eval_split, cfg.max_eval_items)
     labels = stages.items_of(ctx, eval_names[0])["labels"]
-    clean = stages.stage_clean(ctx, "B", eval_names)
+    clean, _ = stages.stage_clean(ctx, "B", eval_names)
     stats, grad = stages.pooled(stages.stage_stats(ctx, "B", id_names))
     masks_b = stages.stage_select(ctx, "transfer_masks", stats, grad, (ctx.ks[cfg.main_k],))[:, 0, 0]  # [S, E, L, I]
-    logp = stages.stage_deactivate(ctx, "deactivate/B", eval_names, np.stack([masks_a, masks_b], 1))
+    logp = stages.stage_deactivate(ctx, "deactivate/B", eval_names, np.stack([masks_a, masks_b], 1))["logp"]
     return {"transfer_labels": labels, "transfer_clean": clean, "transfer": logp, "transfer_masks": masks_b}
 
 

@@ -114,7 +114,7 @@ class Sizer:
         if key not in self._bytes:
             if kind == "sweep":
                 self._bytes[key] = sizing.sweep_bytes(self.module, self.params, shape.batch, shape.length, chunk,
-                                                      self.label_token_ids, self.site, 0, self.mesh)
+                                                      self.label_token_ids, self.site, 0, self.mesh, drift=True)
             else:
                 self._bytes[key] = self._text_loss_bytes(shape.batch, shape.length, chunk)
         return self._bytes[key]

@@ -126,23 +126,29 @@ class Context:
         kw = adapters.model_inputs(batch)
         return sharding.shard_batch(kw, self.mesh) if self.mesh is not None else kw
 
-    def score(self, batch: dict, interventions) -> np.ndarray:
-        """Label log-probs [V, B, E] under V stacked interventions, in chunks of the sizer's variants per call (the
-        last chunk padded with copies, so that one compiled shape serves every stage); the encoders run once.
+    def score(self, batch: dict, interventions) -> dict[str, np.ndarray]:
+        """Label log-probs ``logp`` [V, B, E] under V stacked interventions, and what each costs at the answer
+        position, ``costs`` [V, B, 2]: KL(clean ‖ intervened) of the next-token distribution and the total
+        probability on the E labels, the label mass (:mod:`esn_jax.collateral`). In chunks of the sizer's variants
+        per call (the last chunk padded with copies, so that one compiled shape serves every stage); the encoders run
+        once.
 
-        With ``answer=generate`` the model answers freely instead, and the log-probs are those of its parsed
-        answers (:func:`experiments.study.answers.as_logp`)."""
+        With ``answer=generate`` the model answers freely as well, and ``logp`` are those of its parsed answers
+        (:func:`experiments.study.answers.as_logp`); the costs still come from scoring the labels."""
         embedded = scoring.embed_jitted(self.model.module, self.model.params, self.inputs(batch))
-        if self.cfg.answer == "generate":
-            ids, lengths = self.generate(embedded, interventions, self.cfg.answer_tokens)
-            return answers.as_logp([answers.parse(t, self.model.labels)
-                                    for t in answers.decode(self.model.tokenizer, ids, lengths)],
-                                   self.num_emotions).reshape(*ids.shape[:2], -1)
 
         def call(part):
-            return np.asarray(esn_jax.score_variants(self.model.module, self.model.params, embedded, part,
-                                                     self.model.label_token_ids), np.float32)
-        return self.sizer.run(self._shape("score", embedded, interventions), interventions, call)
+            logp, kl = esn_jax.score_variants(self.model.module, self.model.params, embedded, part,
+                                              self.model.label_token_ids, drift=True)
+            return np.asarray(logp, np.float32), np.asarray(kl, np.float32)
+        logp, kl = self.sizer.run(self._shape("score", embedded, interventions), interventions, call)
+        costs = np.stack([kl, collateral.label_mass(logp)], -1).astype(np.float32)
+        if self.cfg.answer == "generate":
+            ids, lengths = self.generate(embedded, interventions, self.cfg.answer_tokens)
+            logp = answers.as_logp([answers.parse(t, self.model.labels)
+                                    for t in answers.decode(self.model.tokenizer, ids, lengths)],
+                                   self.num_emotions).reshape(*ids.shape[:2], -1)
+        return {"logp": logp, "costs": costs}
 
     def _shape(self, program: str, embedded: dict, interventions) -> sizes.Shape:
         return sizes.Shape(program, *embedded["inputs_embeds"].shape[:2], jax.tree.leaves(interventions)[0].shape[0])
@@ -187,14 +193,16 @@ def stage_batch_size(ctx: Context, splits: list[tuple[str, str, int]]) -> int:
     return chosen["resolved"]
 
 
-def stage_batches(ctx: Context, tag: str, dataset: str, split: str, max_items: int) -> list[list[str]]:
+def stage_batches(ctx: Context, tag: str, dataset: str, split: str, max_items: int,
+                  questions: tuple[str, ...] | None = None) -> list[list[str]]:
     """Writes the split's model batches once per prompt (the same items in the same order under every prompt);
-    returns their store names [P][batches]."""
-    names = [f"batches/{tag}_{split}_p{p}" for p in range(len(ctx.prompts))]
+    returns their store names [P][batches]. questions: other questions than the study's prompts', one per P."""
+    questions = ctx.questions if questions is None else questions
+    names = [f"batches/{tag}_{split}_p{p}" for p in range(len(questions))]
     todo = [p for p, name in enumerate(names) if not ctx.store.path(name + "/done").exists()]
     items = adapters.read_items(ctx.cfg, ctx.model, dataset, split, max_items, ctx.cfg.seed) if todo else []
     for p in todo:  # a resumed run recomputes the features of the batches it already saved, and skips the writes
-        model = dataclasses.replace(ctx.model, question=ctx.questions[p])
+        model = dataclasses.replace(ctx.model, question=questions[p])
         for i, batch in enumerate(tqdm(adapters.batches(model, items, ctx.cfg), desc=f"features {tag}/{split}/p{p}",
                                        total=-(-len(items) // ctx.cfg.batch_size))):
             if not ctx.store.has(f"{names[p]}/{i:05d}"):
@@ -236,15 +244,19 @@ def items_of(ctx: Context, names: list[str]) -> dict[str, np.ndarray]:
 _score_labels = jax.jit(esn_jax.score_labels, static_argnums=(0, 3))  # module and label ids are hashable
 
 
-def stage_clean(ctx: Context, tag: str, names: list[list[str]]) -> np.ndarray:
-    """Clean label log-probs [P, N, E] of the real rows (of the parsed answers with ``answer=generate``)."""
+def stage_clean(ctx: Context, tag: str, names: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Clean label log-probs [P, N, E] of the real rows (of the parsed answers with ``answer=generate``) and their
+    label mass [P, N]."""
     def fn(_, batch):
         if ctx.cfg.answer == "generate":
             layers, neurons = esn_jax.model_dims(ctx.model.params)
-            return {"logp": ctx.score(batch, esn_jax.ablate(np.zeros((1, layers, neurons), bool)))[0]}
-        return {"logp": np.asarray(_score_labels(ctx.model.module, ctx.model.params, ctx.inputs(batch),
-                                                 ctx.model.label_token_ids), np.float32)}
-    return per_prompt(ctx, f"clean/{tag}", names, fn)["logp"]
+            out = ctx.score(batch, esn_jax.ablate(np.zeros((1, layers, neurons), bool)))
+            return {"logp": out["logp"][0], "mass": out["costs"][0, :, 1:]}
+        logp = np.asarray(_score_labels(ctx.model.module, ctx.model.params, ctx.inputs(batch),
+                                        ctx.model.label_token_ids), np.float32)
+        return {"logp": logp, "mass": collateral.label_mass(logp)[:, None].astype(np.float32)}
+    out = per_prompt(ctx, f"clean/{tag}", names, fn)
+    return out["logp"], out["mass"][..., 0]
 
 
 def stage_stats(ctx: Context, tag: str, names: list[list[str]]) -> list[tuple[esn_jax.EmotionStats, np.ndarray]]:
@@ -338,20 +350,21 @@ def stage_prompt_masks(ctx: Context, per_prompt_stats: list[tuple]) -> np.ndarra
 # ---------------------------------------------------------------- interventions
 
 
-def stage_deactivate(ctx: Context, stage: str, names: list[list[str]], masks: np.ndarray) -> np.ndarray:
-    """Log-probs [P, *masks.shape[:-2], N, E] with each mask ablated, under every prompt."""
+def stage_deactivate(ctx: Context, stage: str, names: list[list[str]], masks: np.ndarray) -> dict[str, np.ndarray]:
+    """Under every prompt, each mask ablated: ``logp`` [P, *masks.shape[:-2], N, E] and ``costs`` [..., N, 2]
+    (:meth:`Context.score`)."""
     lead = masks.shape[:-2]
     edits = esn_jax.ablate(masks.reshape(-1, *masks.shape[-2:]), ctx.cfg.site)
 
     def fn(_, batch):
-        logp = ctx.score(batch, edits)  # [V, B, E]
-        return {"logp": logp.reshape(*lead, *logp.shape[1:])}
-    return per_prompt(ctx, stage, names, fn)["logp"]
+        return {k: v.reshape(*lead, *v.shape[1:]) for k, v in ctx.score(batch, edits).items()}
+    return per_prompt(ctx, stage, names, fn)
 
 
 def stage_steer(ctx: Context, names: list[list[str]], masks: np.ndarray) -> dict[str, np.ndarray]:
-    """Log-probs under gain at main k, under every prompt: ``esn`` [P, S, A, E, N, E] (each α) and ``random``
-    [P, S, R, E, N, E] (each random control at the largest α, where the finding compares them)."""
+    """Under gain at main k, under every prompt: ``esn_logp`` [P, S, A, E, N, E] (each α) and ``random_logp``
+    [P, S, R, E, N, E] (each random control at the largest α, where the constrained finding compares them), with
+    their ``esn_costs`` and ``random_costs`` [..., N, 2] (:meth:`Context.score`)."""
     s, _, r1, e = masks.shape[:4]
     esn, controls = masks[:, ctx.cfg.main_k, 0], masks[:, ctx.cfg.main_k, 1:]  # [S, E, L, I], [S, R, E, L, I]
     site, top = ctx.cfg.site, ctx.alphas[-1]
@@ -363,14 +376,16 @@ def stage_steer(ctx: Context, names: list[list[str]], masks: np.ndarray) -> dict
     split = s * len(ctx.alphas) * e
 
     def fn(_, batch):
-        logp = ctx.score(batch, edits)
-        return {"esn": logp[:split].reshape(s, len(ctx.alphas), e, *logp.shape[1:]),
-                "random": logp[split:].reshape(s, r1 - 1, e, *logp.shape[1:])}
+        out = ctx.score(batch, edits)
+        return {f"{row}_{k}": part for k, v in out.items() for row, part in (
+            ("esn", v[:split].reshape(s, len(ctx.alphas), e, *v.shape[1:])),
+            ("random", v[split:].reshape(s, r1 - 1, e, *v.shape[1:])))}
     return per_prompt(ctx, "steer", names, fn)
 
 
-def stage_agnostic(ctx: Context, names: list[list[str]], masks: np.ndarray) -> np.ndarray:
-    """Log-probs [P, S, 2, A, N, E] under Union and Mix (equal weights) injection of the ESNs at main k.
+def stage_agnostic(ctx: Context, names: list[list[str]], masks: np.ndarray) -> dict[str, np.ndarray]:
+    """``logp`` [P, S, 2, A, N, E] under Union and Mix (equal weights) injection of the ESNs at main k, and their
+    ``costs`` [..., N, 2] (:meth:`Context.score`).
 
     Targeted (the true label's mask) and 2-Pass (the clean prediction's mask) injection apply one emotion's mask at
     gain α to an item: the steering sweep already scored every item under every emotion's mask at every α, so
@@ -382,9 +397,8 @@ def stage_agnostic(ctx: Context, names: list[list[str]], masks: np.ndarray) -> n
         *(esn_jax.mix(m, np.full(e, 1.0 / e), a, site) for a in ctx.alphas))])
 
     def fn(_, batch):
-        logp = ctx.score(batch, edits)
-        return {"logp": logp.reshape(len(chosen), 2, len(ctx.alphas), *logp.shape[1:])}
-    return per_prompt(ctx, "agnostic", names, fn)["logp"]
+        return {k: v.reshape(len(chosen), 2, len(ctx.alphas), *v.shape[1:]) for k, v in ctx.score(batch, edits).items()}
+    return per_prompt(ctx, "agnostic", names, fn)
 
 
 def says_variants(labels, alpha: float) -> list[str]:

@@ -1,4 +1,5 @@
-"""The vmapped, chunked sweep against a Python loop over interventions, and its single compilation."""
+"""The vmapped, chunked sweep against a Python loop over interventions, and its single compilation; its drift
+(the answer-position KL) against plain forwards of the clean and each edited model."""
 
 import jax
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 
 from esn_jax import interventions as iv
 from esn_jax import scoring, sweep
+from tests.esn_jax.test_collateral import direct_drift, edit_variants
 
 LABELS = ((4, 2), (9,), (1,))
 score_labels = jax.jit(scoring.score_labels, static_argnames=("module", "label_token_ids"))
@@ -90,3 +92,29 @@ def test_the_split_layer_is_the_lowest_edited_one_rounded_down_to_a_power_of_two
     assert sweep.first_edited_layer(shifted, 12) == 4
     traced = jax.jit(lambda e: jax.numpy.asarray(sweep.first_edited_layer(e, 12)))(edits(8))
     assert int(traced) == 0  # values unknown at trace time: split at layer 0, valid for any edit
+
+
+@pytest.mark.parametrize("case", ["prefix shared, every layer", "answer positions, last layer"])
+def test_drift_is_the_kl_of_plain_forwards(tiny, case):
+    """KL(clean ‖ edited) at the answer position of every row, from the sweep's split program, against plain
+    forwards: single-token labels with a shared prompt prefix and edits from layer 0 (split at 0), and multi-token
+    labels on right-padded rows with answer positions and edits of the last layer only (split at 1)."""
+    module, params = tiny
+    rng = np.random.default_rng(6)
+    ids = np.concatenate([np.full((3, 2), 7), rng.integers(0, 48, (3, 5))], axis=1).astype(np.int32)
+    if case.startswith("prefix"):
+        labels, edits = ((9,), (1,)), edit_variants(rng, "gate_act")
+        batch = {"input_ids": ids}
+    else:
+        labels, edits = LABELS, edit_variants(rng, "mlp_in", layers=(1,))
+        batch = {"input_ids": ids, "attention_mask": np.array([[1] * 5 + [0] * 2, [1] * 7, [1] * 6 + [0]], np.int32),
+                 "answer_positions": np.array([4, 6, 5], np.int32)}
+        assert sweep.first_edited_layer(edits, 2) == 1
+    logp, kl = sweep.score_variants(module, params, batch, edits, labels, chunk_size=3, drift=True)
+    assert logp.shape == (4, 3, len(labels)) and kl.shape == (4, 3) and kl.dtype == np.float32
+    want = direct_drift(module, params, batch, edits)
+    np.testing.assert_allclose(np.asarray(kl), want, rtol=1e-4, atol=1e-6)
+    assert np.abs(np.asarray(kl[0])).max() < 1e-6  # the identity variant
+    assert want[1:].min() > 1e-3  # every real edit moves the distribution: the comparison is not vacuous
+    plain = sweep.score_variants(module, params, batch, edits, labels, chunk_size=3)
+    np.testing.assert_allclose(np.asarray(logp), np.asarray(plain), rtol=1e-6, atol=1e-6)

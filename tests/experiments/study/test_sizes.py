@@ -54,7 +54,8 @@ def edits():
 def program_bytes(ctx, batch, chunk: int, rows: int | None = None) -> int:
     """The sweep's bytes at ``chunk`` variants per call, from esn_jax.sizing directly."""
     b, t = batch["input_ids"].shape
-    return sizing.sweep_bytes(ctx.model.module, ctx.model.params, rows or b, t, chunk, ctx.model.label_token_ids)
+    return sizing.sweep_bytes(ctx.model.module, ctx.model.params, rows or b, t, chunk, ctx.model.label_token_ids,
+                              drift=True)  # the study's sweeps measure drift
 
 
 def test_chunk_over_budget_is_halved_before_its_first_call(ref, batch, edits, tmp_path, caplog):
@@ -65,8 +66,8 @@ def test_chunk_over_budget_is_halved_before_its_first_call(ref, batch, edits, tm
     assert two < four < eight  # the budget below can tell them apart
     ctx = context(ref, tmp_path / "halved", variant_chunk=8, memory_budget=two)
     with caplog.at_level(logging.WARNING):
-        got = ctx.score(batch, edits)
-    want = context(ref, tmp_path / "two", variant_chunk=2).score(batch, edits)
+        got = ctx.score(batch, edits)["logp"]
+    want = context(ref, tmp_path / "two", variant_chunk=2).score(batch, edits)["logp"]
     assert got.shape == (V, 4, len(tiny_reference.LABELS)) and np.array_equal(got, want)
     halvings = [r.getMessage() for r in caplog.records if "halved to" in r.getMessage()]
     assert len(halvings) == 2 and "8 variants per call do not fit" in halvings[0] and halvings[1].endswith("to 2")
@@ -83,29 +84,29 @@ def test_out_of_memory_halves_and_goes_on_where_it_stopped(ref, batch, edits, tm
     calls = []
     score = esn_jax.score_variants
 
-    def flaky(module, params, embedded, part, label_ids):
+    def flaky(module, params, embedded, part, label_ids, **kw):
         first = np.asarray(part["gate_act"]["scale"][0])
         start = next(i for i in range(V) if np.array_equal(first, np.asarray(edits["gate_act"]["scale"][i])))
         calls.append((start, len(part["gate_act"]["scale"])))
         if len(calls) == 2:
             raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1 bytes.")
-        return score(module, params, embedded, part, label_ids)
+        return score(module, params, embedded, part, label_ids, **kw)
 
     ctx = context(ref, tmp_path / "oom", variant_chunk=4)
     monkeypatch.setattr(esn_jax, "score_variants", flaky)
     with caplog.at_level(logging.WARNING):
-        got = ctx.score(batch, edits)
+        got = ctx.score(batch, edits)["logp"]
     monkeypatch.undo()
     assert calls == [(0, 4), (4, 4), (4, 2), (6, 2), (8, 2)]
     assert any("out of memory at variant 4" in r.getMessage() for r in caplog.records)
-    assert np.array_equal(got[:4], context(ref, tmp_path / "four", variant_chunk=4).score(batch, edits)[:4])
-    assert np.array_equal(got[4:], context(ref, tmp_path / "two", variant_chunk=2).score(batch, edits)[4:])
+    assert np.array_equal(got[:4], context(ref, tmp_path / "four", variant_chunk=4).score(batch, edits)["logp"][:4])
+    assert np.array_equal(got[4:], context(ref, tmp_path / "two", variant_chunk=2).score(batch, edits)["logp"][4:])
     (entry,) = ctx.sizer.summary()["programs"]
     assert entry["chunk"] == 2 and entry["halved"][0]["why"] == "out of memory at variant 4"
 
 
 def test_other_runtime_errors_are_not_taken_for_memory(ref, batch, edits, tmp_path, monkeypatch):
-    def broken(*args):
+    def broken(*args, **kw):
         raise jax.errors.JaxRuntimeError("INTERNAL: something else")
 
     ctx = context(ref, tmp_path, variant_chunk=4)
@@ -131,12 +132,12 @@ def test_auto_chunk_is_the_largest_that_fits(ref, batch, edits, tmp_path):
     probe = context(ref, tmp_path / "probe")
     budget = (program_bytes(probe, batch, 3) + program_bytes(probe, batch, 4)) // 2  # admits 3 per call, not 4
     ctx = context(ref, tmp_path / "auto", memory_budget=budget)
-    got = ctx.score(batch, edits)
+    got = ctx.score(batch, edits)["logp"]
     (entry,) = ctx.sizer.summary()["programs"]
     chunk = entry["chunk"]
     assert (entry["requested"], entry["halved"]) == ("auto", [])
     assert program_bytes(probe, batch, chunk) <= budget < program_bytes(probe, batch, chunk + 1)
-    assert np.array_equal(got, context(ref, tmp_path / "fixed", variant_chunk=chunk).score(batch, edits))
+    assert np.array_equal(got, context(ref, tmp_path / "fixed", variant_chunk=chunk).score(batch, edits)["logp"])
     roomy = context(ref, tmp_path / "roomy")
     roomy.score(batch, edits)
     assert roomy.sizer.summary()["programs"][0]["chunk"] == V
@@ -159,7 +160,7 @@ def test_auto_batch_size(ref, batch, tmp_path):
     m = meshed.batch_size(t, 16)
     module, params = ctx.model.module, sharding.shard_params(ctx.model.params, mesh)
     per_device = sizing.sweep_bytes(module, sizes.abstract(params, mesh), m, t, 1, ctx.model.label_token_ids,
-                                    mesh=mesh)
+                                    mesh=mesh, drift=True)
     assert m % 2 == 0 and m > n and per_device <= budget  # rows split over two devices: more fit
 
 
