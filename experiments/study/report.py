@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.study import analysis, stages, verdicts  # noqa: E402
+from experiments.study import analysis, report_steering, stages, verdicts  # noqa: E402
 
 
 def _num(x, fmt="+.3f") -> str:
@@ -27,8 +27,11 @@ def _nan(x) -> float:
 
 
 def plots(workdir: Path, r: dict) -> None:
-    """deactivation_<selector>.png, deactivation_bars.png, steering.png, agnostic.png, layers.png,
-    overlaps.png, transfer.png when transfer was run and prompt_transfer.png with several prompts."""
+    """deactivation_<selector>.png, deactivation_bars.png, steering.png, steering_cost.png (free-form steering),
+    agnostic.png, layers.png, overlaps.png, transfer.png when transfer was run and prompt_transfer.png with several
+    prompts."""
+    if r.get("steering_free"):
+        report_steering.plot(workdir, r)
     labels, k = r["model"]["labels"], r["main_k"]
     sel = list(r["selectors"])
     for s in sel:
@@ -168,6 +171,28 @@ def _stability(f: dict) -> str:
     return "—" if f["holds_in"] is None else f"holds in {f['holds_in']} of {f['grid_size']}"
 
 
+def _through(f: dict) -> str:
+    """The selector a "some selector" finding holds through, with every selector's own count."""
+    if not f.get("per_selector"):
+        return "—"
+    counts = ", ".join(f"{s} {v['holds_in'] if v['holds_in'] is not None else '—'}/{v['grid_size']}"
+                       f"{'' if v['point'] else ' (point fails)'}" for s, v in f["per_selector"].items())
+    return f"**{f['selector'] or 'none'}** ({counts})"
+
+
+def finding_rows(findings: list[dict]) -> list[list[str]]:
+    """The verdict table's rows; finding 4's constrained verdict follows it on a row of its own."""
+    rows = []
+    for f in findings:
+        rows.append([f["id"], f["claim"], f"**{f['verdict']}**", _through(f), _stability(f), f["point_verdict"],
+                     f["evidence"]])
+        c = f.get("constrained")
+        if c:
+            rows.append([f"{f['id']} (constrained)", c["claim"], f"**{c['verdict']}**", _through(c), _stability(c),
+                         c["point_verdict"], c["evidence"]])
+    return rows
+
+
 def blocks(r: dict) -> list[tuple]:
     """The report as (kind, ...) blocks: ("h", level, text), ("p", text), ("table", header, rows), ("img", file)."""
     k, labels = r["main_k"], r["model"]["labels"]
@@ -186,12 +211,12 @@ def blocks(r: dict) -> list[tuple]:
            ("p", verdicts.RULE.format(resamples=r["summary"]["grid"]["resamples"], holds=verdicts.HOLDS_FROM,
                                       fragile=verdicts.FRAGILE_FROM)),
            ("p", summary(r)),
-           ("table", ["#", "claim (DESIGN §1)", "verdict", "stability", "point verdict", "evidence (point)"],
-            [[f["id"], f["claim"], f"**{f['verdict']}**", _stability(f), f["point_verdict"], f["evidence"]]
-             for f in r["findings"]]),
+           ("table", ["#", "claim (DESIGN §1)", "verdict", "through", "stability", "point verdict",
+                      "evidence (point)"], finding_rows(r["findings"])),
            ("h", 2, "Clean evaluation"),
            ("p", f"accuracy {c['accuracy']:.3f}, UAR {c['uar']:.3f}, macro-F1 {c['macro_f1']:.3f}"
-                 + (f", unparsed {c['unparsed']:.1%}." if r["answer"]["mode"] == "generate" else ".")),
+                 + (f", unparsed {c['unparsed']:.1%}" if r["answer"]["mode"] == "generate" else "")
+                 + (f"; label mass {c['label_mass']:.3f}." if c.get("label_mass") is not None else ".")),
            ("table", ["label", "recall", *[f"→ {w}" for w in labels]],
             [[w, _num(c["recall"][i], ".3f"), *map(str, c["confusion"][i])] for i, w in enumerate(labels)]),
            ("h", 2, "Deactivation (ablation) by selector and k"),
@@ -200,25 +225,18 @@ def blocks(r: dict) -> list[tuple]:
                  "(same count per layer), one per seed. CI: bootstrap over items; p_perm: paired permutation test "
                  "of ESN vs random correctness on each item's own emotion."),
            ("table", ["selector", "k", "neurons/emotion", "self", "cross", "specificity [95% CI]",
-                      "random spec. mean [min, max over seeds]", "p_emp", "p_perm"],
+                      "random spec. mean [min, max over seeds]", "p_emp", "p_perm", "label mass (random)",
+                      "KL (random)"],
             [[s, kk, str(v["count_per_emotion"]), _num(d["mean_self"]), _num(d["mean_cross"]),
               f"{_num(d['mean_specificity'])} [{_num(d['ci'][0])}, {_num(d['ci'][1])}]",
               verdicts.spread(d["random"]["specificity_per_seed"], "+.3f"), _num(d["p_empirical"], ".3g"),
-              _num(d["p_permutation"], ".3g")]
+              _num(d["p_permutation"], ".3g"),
+              f"{_num(d.get('label_mass'), '.2f')} ({_num(d['random'].get('label_mass'), '.2f')})",
+              f"{_num(d.get('kl'), '.2f')} ({_num(d['random'].get('kl'), '.2f')})"]
              for s in r["selectors"] for kk, v in r["selectors"][s]["k"].items() for d in [v["deactivation"]]]),
            ("img", "deactivation_bars.png")]
     out += [("img", f"deactivation_{s}.png") for s in r["selectors"]]
-    out += [("h", 2, "Steering (gain ×(1+α))"),
-            ("p", "Share of items whose label is not e predicted as e, mean over e; α = 0 is the clean model."),
-            ("table", ["selector", *[f"α={a:g}" for a in next(iter(r["steering"].values()))["alphas"]],
-                       "random at max α, mean [min, max]", "Spearman ρ", "ESN − random at max α [95% CI], per seed"],
-             [[s, *[_num(y, ".3f") for y in v["mean_esn"]], verdicts.spread(v["mean_random_per_seed"], ".3f"),
-               _num(v["spearman"], "+.2f"),
-               "; ".join(f"{_num(g)} [{_num(c[0])}, {_num(c[1])}]" for g, c in zip(v["gap_per_seed"],
-                                                                                 v["gap_ci_per_seed"], strict=True))]
-              for s, v in r["steering"].items()]),
-            ("img", "steering.png"),
-            *says_blocks(r),
+    out += [*report_steering.free_blocks(r), *report_steering.constrained_blocks(r), *says_blocks(r),
             ("h", 2, "Agnostic vs targeted injection"),
             ("p", "ΔUAR vs the clean model per α. Targeted: each item gets its true emotion's mask (an oracle); "
                   "Union: all emotions' neurons; Mix: equal-weight mix; 2-Pass: the clean prediction's mask."),

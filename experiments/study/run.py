@@ -187,7 +187,8 @@ def analyze(ev: Evidence, base: dict, cfg) -> dict:
     if ev.costs is not None:
         analysis.costs(r, ev.costs, names, [_k_name(k) for k in ks], cfg.main_k)
     r["steering_free"] = (steering.analyze(ev.free, cfg, names, None if ev.costs is None else ev.costs["steer"],
-                                           [p["name"] for p in base["prompts"]]) if ev.free is not None else None)
+                                           [p["name"] for p in base["prompts"]], base["model"]["labels"])
+                          if ev.free is not None else None)
     r["collateral"] = analysis.collateral(r, ev.collateral_clean, ev.collateral_masked, ev.unknown_share)
     r["near_ties"] = near_ties(ev)
     r["findings"] = verdicts.assess(r, ev, cfg)

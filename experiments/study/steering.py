@@ -66,7 +66,7 @@ class Layout:
         x, out, start = np.asarray(x), {}, 0
         for name, shape in self.shapes.items():
             n = int(np.prod(shape))
-            out[name] = x[start:start + n].reshape(*shape, *x.shape[1:])
+            out[name] = x[start:start + n].reshape((*shape, *x.shape[1:]))
             start += n
         return out
 
@@ -213,7 +213,8 @@ def run_stage(ctx: stages.Context, dataset: str, eval_names: list[list[str]], ma
     """Every free-form stage; returns the arrays :func:`analyze` reads (``Evidence.free``): ``labels``, ``items``
     [N]; ``layout`` [5] (S, R, A, F, E); per prompt ``text``, ``parsed``, ``named``, ``repetition``, ``loss``
     [P, V, N] (loss: :func:`frame_losses`, NaN for an empty answer); the same of the prompting baseline as
-    ``prompting_*`` [P, E, N]; ``damage`` [V]; ``diffmean_relative`` [2, E] (:func:`relative_size`)."""
+    ``prompting_*`` [P, E, N]; ``damage`` [V]; ``diffmean_relative`` [2, E] (:func:`relative_size`);
+    ``diffmean_vectors`` [E, L, I] (:func:`diffmean`)."""
     cfg, e = ctx.cfg, ctx.num_emotions
     layout = Layout.of(cfg, e)
     vectors, dmasks = diffmean(stats), diffmean_masks(masks[:, cfg.main_k, 0])
@@ -243,7 +244,7 @@ def run_stage(ctx: stages.Context, dataset: str, eval_names: list[list[str]], ma
     labels = stages.items_of(ctx, names[0])["labels"]
     return {**out, "labels": labels, "items": items, "damage": stage_damage(ctx, interventions, text),
             "layout": np.array([layout.selectors, layout.seeds, layout.alphas, layout.factors, e]),
-            "diffmean_relative": relative_size(vectors, dmasks, stats)}
+            "diffmean_relative": relative_size(vectors, dmasks, stats), "diffmean_vectors": vectors.astype(np.float32)}
 
 
 def unedited(interventions) -> dict:
@@ -385,9 +386,10 @@ def row_result(prep: dict, name: str, row: int, grid, relative=None) -> dict:
     return out
 
 
-def analyze(free: dict, cfg, names, steer_costs=None, prompts=None) -> dict:
+def analyze(free: dict, cfg, names, steer_costs=None, prompts=None, words=None) -> dict:
     """results.json's ``steering_free``: under the first prompt at the top, every prompt in ``per_prompt``.
-    steer_costs: the constrained sweep's costs [P, S, A, E, N, 2] (for label mass and KL at the chosen α)."""
+    steer_costs: the constrained sweep's costs [P, S, A, E, N, 2] (for label mass and KL at the chosen α); words:
+    the label words (for :func:`examples`)."""
     alphas = (0.0, *parse_list("alphas", cfg.alphas))
     factors = (0.0, *parse_list("diffmean_factors", cfg.diffmean_factors))
     seeds = parse_list("random_seeds", cfg.random_seeds)
@@ -409,9 +411,12 @@ def analyze(free: dict, cfg, names, steer_costs=None, prompts=None) -> dict:
             "clean": _means({k: v[:, rep] for k, v in prep["clean"].items()}, slice(None))})
     labels = free["labels"]
     sel = score.halves(labels, cfg.seed + score.SPLIT_SEED)
-    return {"rule": score.RULE, "items": int(len(labels)), "selection_items": int(sel.sum()),
-            "reported_items": int((~sel).sum()), "alphas": list(alphas), "factors": list(factors),
-            "answer_tokens": int(cfg.answer_tokens), **out[0], "per_prompt": out}
+    result = {"rule": score.RULE, "items": int(len(labels)), "selection_items": int(sel.sum()),
+              "reported_items": int((~sel).sum()), "alphas": list(alphas), "factors": list(factors),
+              "answer_tokens": int(cfg.answer_tokens), "seed": int(cfg.seed), **out[0], "per_prompt": out}
+    if words is not None:
+        result["examples"] = examples(free, result, words, names[0], names)
+    return result
 
 
 def cell(prep: dict, s: int, j: int, cols, cfg) -> dict:
@@ -421,3 +426,32 @@ def cell(prep: dict, s: int, j: int, cols, cfg) -> dict:
     g = item_gaps(prep["esn"]["score"][s, a][:, cols], matched_control(prep, s, j, a)["items"]["score"][:, cols])
     draws = np.random.default_rng(cfg.seed).integers(0, len(cols), (cfg.bootstrap, len(cols)))
     return {"gap_per_seed": [_num(np.mean(g))], "gap_ci_per_seed": [boot_ci(g, draws)]}
+
+
+def examples(free: dict, result: dict, labels_words, selector: str, names) -> dict:
+    """What the model says at the chosen α, for the report: under the first prompt, one reported-half clip per
+    emotion, its answers steered toward each other emotion by ``selector``'s ESNs at their chosen α, by its first
+    random control at the grid α nearest its matched cost, by DiffMean (on the ESN neurons, at its chosen factor)
+    and by prompting."""
+    layout = Layout(*map(int, free["layout"]))
+    text = layout.split(free["text"][0])
+    s = list(names).index(selector)
+    v, d = result["selectors"][selector], result["diffmean"][DIFFMEAN_ROWS[0]]
+    a, f = v["chosen_index"] - 1, d["chosen_index"] - 1
+    near = int(np.argmin(np.abs(np.asarray(v["alphas"][1:]) - v["controls"][0]["alpha"])))
+    labels = free["labels"]
+    reported = ~score.halves(labels, result["seed"] + score.SPLIT_SEED)
+    clips = []
+    for c in range(layout.emotions):
+        found = np.flatnonzero(reported & (labels == c))
+        if not found.size:
+            continue
+        n = int(found[0])
+        clips.append({"id": str(free["items"][n]), "label": labels_words[c], "clean": str(text["clean"][n]),
+                      "targets": [{"target": labels_words[t], "esn": str(text["esn"][s, a, t, n]),
+                                   "random": str(text["random"][s, 0, near, t, n]),
+                                   "diffmean": str(text["diffmean"][0, f, t, n]),
+                                   "prompting": str(free["prompting_text"][0, t, n])}
+                                  for t in range(layout.emotions) if t != c]})
+    return {"selector": selector, "alpha": v["chosen_alpha"], "random_alpha": v["alphas"][1 + near],
+            "factor": d["chosen_factor"], "clips": clips}

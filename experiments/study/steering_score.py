@@ -32,6 +32,8 @@ Shapes: A α values (of one row's grid), E emotions (targets), N items.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 FRAME = "Answer:"  # the text the answer is scored after (a space joins them)
@@ -71,9 +73,10 @@ def reference(clean_losses) -> float:
 
 
 def fluency(loss, rep, ref: float) -> np.ndarray:
-    """min(f_loss, f_rep) per answer; loss NaN (an empty answer) gives 0."""
+    """min(f_loss, f_rep) per answer; loss NaN (an empty answer) gives 0, and so does a NaN reference (no clean answer
+    to measure against)."""
     loss, rep = np.asarray(loss, np.float64), np.asarray(rep, np.float64)
-    f_loss = np.clip((ref + LOSS_MARGIN - loss) / LOSS_MARGIN, 0.0, 1.0)
+    f_loss = np.nan_to_num(np.clip((ref + LOSS_MARGIN - loss) / LOSS_MARGIN, 0.0, 1.0), nan=0.0)
     f_rep = np.clip((REPETITION_BROKEN - rep) / (REPETITION_BROKEN - REPETITION_FREE), 0.0, 1.0)
     return np.where(np.isnan(loss), 0.0, np.minimum(f_loss, f_rep))
 
@@ -117,8 +120,11 @@ def mean_score(score) -> np.ndarray:
     """Scores [..., E, N] -> the mean over every scored (target, item) pair [...]."""
     score = np.asarray(score, np.float64)
     flat = score.reshape(*score.shape[:-2], -1)
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(flat, -1) if flat.shape[-1] else np.full(flat.shape[:-1], np.nan)
+    if not flat.shape[-1]:
+        return np.full(flat.shape[:-1], np.nan)
+    with warnings.catch_warnings():  # a row without any scored pair is NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(flat, -1)
 
 
 def choose(per_alpha) -> int:

@@ -153,8 +153,9 @@ def findings(r: dict, main_k: str) -> list[dict]:
             + "; ".join(f"{s}: α {v['chosen_alpha']:g}, score {_fmt(v['steering_score'], '.3f')} (damage "
                         f"{_fmt(v['text_damage'], '+.3f')}), controls at matched damage "
                         f"{spread([c['steering_score'] for c in v['controls']], '.3f')}"
-                        for s, v in free["selectors"].items()),
-            ["steering_cost.png"], per_selector=steers, p={s: v["p_permutation"] for s, v in free["selectors"].items()})
+                        for s, v in free["selectors"].items() if "controls" in v),  # grid cells: gaps only
+            ["steering_cost.png"], per_selector=steers,
+            p={s: v.get("p_permutation") for s, v in free["selectors"].items()})
     steer = r["steering"]
     constrained = {s: steers_beyond_random(v) for s, v in steer.items()}
     rows = [f"{s}: rate {_fmt(v['mean_esn'][0], '.2f')} → {_fmt(v['mean_esn'][-1], '.2f')} at α {v['alphas'][-1]:g} "
