@@ -11,7 +11,7 @@ Stage outputs (in the run directory, resumable like :mod:`experiments.study.stag
                                names emotion t as the expected answer (:data:`PROMPTING`)
   free_damage.npz              plain-text damage [V] of every variant: Δ next-token loss on
                                :data:`esn_jax.collateral.PLAIN_TEXT` (variant 0, the unedited model: 0)
-  free_frame.npz               each distinct answer text's frame loss (:func:`frame_losses`)
+  free_frame_p<p>.npz          each distinct answer text's frame loss under prompt p (:func:`frame_losses`)
 
 Shapes: P prompts, S selectors, R random seeds, A α values, F DiffMean factors, E emotions, N free-form items,
 V variants, M answer tokens, L layers, I neurons.
@@ -158,40 +158,45 @@ def stage_damage(ctx: stages.Context, interventions, text: dict) -> np.ndarray:
     return ctx.store.load(name)["damage"]
 
 
-def frame_losses(ctx: stages.Context, texts) -> dict[str, float]:
-    """The unedited language model's mean per-token loss of each distinct non-empty answer text after
-    :data:`steering_score.FRAME` (the frame's own tokens are not counted: the frame's loss, the same in every row
-    as the model is causal, is subtracted). -> {text: nats/token}."""
-    name = "free_frame"
+def frame_losses(ctx: stages.Context, texts, question: str, name: str) -> dict[str, float]:
+    """:func:`frame_loss` of each distinct non-empty answer text to ``question``, kept in the run directory as
+    ``name`` -> {text: nats/token}."""
     distinct = sorted({t for t in texts if t})
     if ctx.store.has(name):
         saved = ctx.store.load(name)
         known = dict(zip(saved["texts"].tolist(), saved["loss"].tolist(), strict=True))
         if all(t in known for t in distinct):
             return known
-    tok = ctx.model.tokenizer
-    frame = tok(score.FRAME, add_special_tokens=False)["input_ids"]
-    limit = 4 * ctx.cfg.answer_tokens  # an answer of M tokens decodes and re-encodes to about M tokens
-    rows = [frame + tok(" " + t, add_special_tokens=False)["input_ids"][:limit] for t in distinct]
-    width = len(frame) + limit
-    # Row 0 is the frame alone: the model being causal, its loss is the frame's part of every row's (a one-token
-    # frame predicts nothing, and its row predicts one copy of itself, not counted).
-    ids = np.zeros((len(rows) + 1, width), np.int32)
+    loss = frame_loss(ctx.model.module, ctx.model.params, ctx.model.tokenizer, distinct, question, ctx.cfg.site,
+                      4 * ctx.cfg.answer_tokens)  # an answer of M tokens decodes and re-encodes to about M tokens
+    ctx.store.save(name, texts=np.array(distinct, dtype=str), loss=loss)
+    return dict(zip(distinct, loss.tolist(), strict=True))
+
+
+def frame_loss(module, params, tokenizer, texts, question: str, site: str = "gate_act", limit: int = 32) -> np.ndarray:
+    """The unedited language model's mean per-token loss [len(texts)] of each text's tokens (at most ``limit``)
+    after :data:`steering_score.FRAME` (the question as plain text, no audio) and a space: the fluency proxy of the
+    steering score. The frame's own tokens are not counted: the model being causal, the frame's loss is the same in
+    every row, and is subtracted."""
+    frame = tokenizer(score.FRAME.format(question=question), add_special_tokens=False)["input_ids"]
+    rows = [frame + tokenizer(" " + t, add_special_tokens=False)["input_ids"][:limit] for t in texts]
+    if any(len(r) == len(frame) for r in rows):
+        raise ValueError("every text needs at least one token: empty answers have no frame loss")
+    # Row 0 is the frame alone (a one-token frame predicts nothing: its row repeats it, and is not counted).
+    ids = np.zeros((len(rows) + 1, len(frame) + limit), np.int32)
     mask = np.zeros_like(ids)
     for i, row in enumerate([frame if len(frame) > 1 else frame * 2, *rows]):
         ids[i, :len(row)], mask[i, :len(row)] = row, 1
-    layers, neurons = esn_jax.model_dims(ctx.model.params)
-    unedited = esn_jax.ablate(np.zeros((1, layers, neurons), bool), ctx.cfg.site)
-    pad = -len(ids) % FRAME_ROWS
+    layers, neurons = esn_jax.model_dims(params)
+    unedited = esn_jax.ablate(np.zeros((1, layers, neurons), bool), site)
+    pad = -len(ids) % FRAME_ROWS  # one compiled shape for every call
     ids, mask = np.concatenate([ids, np.repeat(ids[:1], pad, 0)]), np.concatenate([mask, np.repeat(mask[:1], pad, 0)])
-    mean = np.concatenate([np.asarray(collateral.text_loss(ctx.model.module, ctx.model.params, ids[i:i + FRAME_ROWS],
+    mean = np.concatenate([np.asarray(collateral.text_loss(module, params, ids[i:i + FRAME_ROWS],
                                                            mask[i:i + FRAME_ROWS], unedited))[0]
                            for i in range(0, len(ids), FRAME_ROWS)]).astype(np.float64)
     total = mean * (mask.sum(1) - 1)  # summed over each row's predicted tokens
     frame_total = total[0] if len(frame) > 1 else 0.0
-    loss = (total[1:len(rows) + 1] - frame_total) / (mask.sum(1)[1:len(rows) + 1] - len(frame))
-    ctx.store.save(name, texts=np.array(distinct or [""], dtype=str), loss=np.append(loss, np.nan)[:max(len(rows), 1)])
-    return dict(zip(distinct, loss.tolist(), strict=True))
+    return (total[1:len(rows) + 1] - frame_total) / (mask.sum(1)[1:len(rows) + 1] - len(frame))
 
 
 def read(ctx: stages.Context, got: dict) -> dict[str, np.ndarray]:
@@ -238,9 +243,14 @@ def run_stage(ctx: stages.Context, dataset: str, eval_names: list[list[str]], ma
     hinted = [[read(ctx, prompted[t][p]) for t in range(e)] for p in range(len(names))]
     for k in ("text", "parsed", "named", "repetition"):
         out[f"prompting_{k}"] = np.stack([np.concatenate([h[k] for h in per_p]) for per_p in hinted])  # [P, E, N]
-    losses = frame_losses(ctx, [*out["text"].ravel().tolist(), *out["prompting_text"].ravel().tolist()])
-    for key in ("", "prompting_"):
-        out[f"{key}loss"] = np.vectorize(lambda t: losses[t] if t else np.nan, otypes=[np.float64])(out[f"{key}text"])
+    for key in ("", "prompting_"):  # each prompt's answers against its own question
+        per_prompt = []
+        for p, question in enumerate(ctx.questions):
+            losses = frame_losses(ctx, [*out["text"][p].ravel(), *out["prompting_text"][p].ravel()], question,
+                                  f"free_frame_p{p}")
+            per_prompt.append(np.vectorize(lambda t, known=losses: known[t] if t else np.nan,
+                                           otypes=[np.float64])(out[f"{key}text"][p]))
+        out[f"{key}loss"] = np.stack(per_prompt)
     labels = stages.items_of(ctx, names[0])["labels"]
     return {**out, "labels": labels, "items": items, "damage": stage_damage(ctx, interventions, text),
             "layout": np.array([layout.selectors, layout.seeds, layout.alphas, layout.factors, e]),

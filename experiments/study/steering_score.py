@@ -10,8 +10,9 @@ The rules and thresholds below were fixed (committed) before any result of them 
 - *instruction*: 1 when it is a label answer, naming exactly one distinct label (the parser's words and synonyms),
   else 0 — an answer naming two emotions, or none, does not do what the question asked;
 - *fluency*: ``min(f_loss, f_rep)``, 0 for an empty answer. ``f_loss`` reads the unedited language model's mean
-  per-token loss of the answer's text in a fixed frame (:data:`FRAME`, no audio and no question: the frame judges
-  the text, not whether it agrees with the clip, so a fluent answer naming another emotion is not penalised):
+  per-token loss of the answer's text after the question, as plain text without the audio (:data:`FRAME`): it
+  judges whether the text is a sensible answer to the question, not whether it agrees with the clip, so a fluent
+  answer naming another emotion is not penalised:
   1 up to the 95th percentile of the clean answers' losses under the same prompt (the clean model's own answers to
   the same clips: :data:`REFERENCE_QUANTILE`), falling linearly to 0 at :data:`LOSS_MARGIN` nats/token above it.
   ``f_rep`` reads the repetition rate ``1 − distinct tokens / tokens`` of the answer's tokens (decoding blocks no
@@ -36,17 +37,18 @@ import warnings
 
 import numpy as np
 
-FRAME = "Answer:"  # the text the answer is scored after (a space joins them)
+FRAME = "Question: {question}\nAnswer:"  # the text the answer is scored after (a space joins them)
 REFERENCE_QUANTILE = 0.95
 LOSS_MARGIN = 2.0  # nats/token above the clean reference at which f_loss reaches 0
 REPETITION_FREE, REPETITION_BROKEN = 0.25, 0.5
 SPLIT_SEED = 1  # the held-out split's seed, offset from the study's (cfg.seed + SPLIT_SEED)
-RULE = ("Steering score (fixed before any result): per answer steered toward an emotion t (clips labelled t are not "
-        "scored toward t), the harmonic mean of three axes, 0 when any is 0 — emotion (the parser reads t), "
-        "instruction (the answer names exactly one label) and fluency (min of a loss term: the unedited LM's per-token "
-        f"loss of the answer after “{FRAME}”, full up to the {REFERENCE_QUANTILE:.0%} quantile of the clean answers' "
-        f"losses and 0 at {LOSS_MARGIN:g} nats/token above it; and a repetition term: 1 − distinct/all tokens, full "
-        f"up to {REPETITION_FREE:g}, 0 from {REPETITION_BROKEN:g}). α is chosen per row on one half of the items "
+RULE = ("Steering score (fixed before any result of it): per answer steered toward an emotion t (clips labelled t "
+        "are not scored toward t), the harmonic mean of three axes, 0 when any is 0 — emotion (the parser reads t), "
+        "instruction (the answer names exactly one label) and fluency (the smaller of a loss term — the unedited "
+        "LM's per-token loss of the answer after “Question: <the question>↵Answer:” as plain text without the "
+        f"audio, full up to the {REFERENCE_QUANTILE:.0%} quantile of the clean answers' losses and 0 at "
+        f"{LOSS_MARGIN:g} nats/token above it — and a repetition term — 1 − distinct/all tokens, full up to "
+        f"{REPETITION_FREE:g}, 0 from {REPETITION_BROKEN:g}). α is chosen per row on one half of the items "
         "(stratified, seeded) and everything is reported on the other half; random controls are compared at matched "
         "cost (their α whose plain-text damage equals the ESNs', interpolated over their grid from α = 0).")
 
