@@ -183,6 +183,8 @@ def costs(r: dict, ev_costs: dict, names, ks, main_k: int) -> None:
             a_ = r["agnostic"][name][strategy]
             a_["label_mass"] = [mean(agn[s, i, a], 1) for a in range(agn.shape[2])]
             a_["kl"] = [mean(agn[s, i, a], 0) for a in range(agn.shape[2])]
+            if "agnostic_damage" in ev_costs:
+                a_["text_damage"] = [num(x) for x in ev_costs["agnostic_damage"][s, i]]
 
 
 def agnostic_preds(labels, clean, steer, union_mix) -> np.ndarray:

@@ -48,7 +48,8 @@ class Evidence:
     transfer: np.ndarray | None = None  # [P, S, 2, E, N_B, E]: the main masks, then B's own, ablated on B
     transfer_masks: np.ndarray | None = None  # bool [S, E, L, I]: selected on B
     # What each scored intervention costs at the answer position, beside its log-probs (COST_FIELDS): <field> [...,
-    # N, 2] (KL(clean ‖ intervened), label mass) for the log-prob field of that name, and "clean_mass" [P, N].
+    # N, 2] (KL(clean ‖ intervened), label mass) for the log-prob field of that name, "clean_mass" [P, N], and the
+    # plain-text damage of Union and Mix, "agnostic_damage" [S, 2, A] (the ablations': collateral_masked).
     costs: dict[str, np.ndarray] | None = None
     # The free-form steering evaluation (experiments.study.steering.run_stage's arrays).
     free: dict[str, np.ndarray] | None = None

@@ -92,12 +92,13 @@ def run(cfg, workdir, mesh=None) -> dict:
         text = stages.stage_collateral(ctx, masks)
     with timer("free-form steering"):
         free = steering.run_stage(ctx, dataset, eval_names, masks, pooled_stats, text)
+        agnostic_damage = steering.stage_agnostic_damage(ctx, masks, text)
     transfer = {}
     if cfg.transfer_dataset:
         with timer("transfer"):
             transfer = _transfer(ctx, masks[:, cfg.main_k, 0])
     costs = {"clean_mass": clean_mass, "deactivate": deact["costs"], "steer": steer["esn_costs"],
-             "steer_random": steer["random_costs"], "agnostic": agn["costs"]}
+             "steer_random": steer["random_costs"], "agnostic": agn["costs"], "agnostic_damage": agnostic_damage}
     ev = Evidence(labels=items["labels"], clean=clean, deactivate=deact["logp"], steer=steer["esn_logp"],
                   steer_random=steer["random_logp"], agnostic=agn["logp"], masks=masks, collateral_clean=text["clean"],
                   collateral_masked=text["masked"], unknown_share=float(text["unknown_share"]),
@@ -187,7 +188,7 @@ def analyze(ev: Evidence, base: dict, cfg) -> dict:
     if ev.costs is not None:
         analysis.costs(r, ev.costs, names, [_k_name(k) for k in ks], cfg.main_k)
     r["steering_free"] = (steering.analyze(ev.free, cfg, names, None if ev.costs is None else ev.costs["steer"],
-                                           [p["name"] for p in base["prompts"]], base["model"]["labels"])
+                                           [p["name"] for p in base["prompts"]], base.get("model", {}).get("labels"))
                           if ev.free is not None else None)
     r["collateral"] = analysis.collateral(r, ev.collateral_clean, ev.collateral_masked, ev.unknown_share)
     r["near_ties"] = near_ties(ev)

@@ -11,7 +11,7 @@ threshold, and the choice among selectors is paid for: a selector reaches **hold
 survives Holm's correction over the selectors (:func:`holm`; otherwise it is at most **fragile**). The verdict is
 the best selector's, and the report names it.
 
-Finding 4 is judged on the model's free answers first (:mod:`experiments.study.steering_score`: the steering
+Finding 4 is judged on the model's free answers first (:mod:`experiments.study.steering.score`: the steering
 score, α chosen on held-out items, random controls at matched cost); the constrained ranking of label words, the
 paper's way, keeps its own verdict beside it (``constrained``).
 """
@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from configs.study import parse_list
-from experiments.study import analysis, steering, steering_score
+from experiments.study import analysis, steering
 from experiments.study.analysis import STRATEGIES, emotion_specific, less
 from experiments.study.evidence import Evidence, preds
 
@@ -222,7 +222,7 @@ def grid(r: dict, ev: Evidence, cfg) -> dict[str, list]:
     hists = sources.sum(-1)  # [P or 1, S, E, L]
     free = ev.free is not None
     if free:  # finding 4: resamples of the reported half of the free-form items
-        reported = np.flatnonzero(~steering_score.halves(ev.free["labels"], cfg.seed + steering_score.SPLIT_SEED))
+        reported = np.flatnonzero(~steering.score.halves(ev.free["labels"], cfg.seed + steering.score.SPLIT_SEED))
         draws_f = [reported[_stratified(ev.free["labels"][reported], rng)] for _ in range(cfg.resamples)]
     out = {fid: [] for fid in (*FINDINGS, CONSTRAINED)}
     for p in range(ev.clean.shape[0]):

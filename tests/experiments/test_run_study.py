@@ -28,6 +28,7 @@ from experiments.study.run import analyze, run
 from ports import features, prompts
 from tests.esn_jax.test_collateral import direct_loss
 from tests.experiments import tiny_kimi, tiny_lalm, tiny_reference
+from tests.experiments.study.steering.test_score import by_hand
 
 ROOT = Path(__file__).resolve().parents[2]
 FINDINGS = ("1", "2", "3", "4", "5", "6a", "6b")
@@ -72,7 +73,8 @@ def test_files_and_report(study):
         assert f["verdict"] in ("holds", "fragile", "does not hold", "not tested")
         assert f["point_verdict"] in ("holds", "does not hold", "not tested")
         stability = f"holds in {f['holds_in']} of {f['grid_size']}" if f["holds_in"] is not None else "—"
-        assert f"| {f['id']} | {f['claim']} | **{f['verdict']}** | {stability} | {f['point_verdict']} |" in md
+        assert f"| {f['id']} | {f['claim']} | **{f['verdict']}** |" in md
+        assert f"| {stability} | {f['point_verdict']} |" in md
         for fig in f["figures"]:
             assert (workdir / fig).stat().st_size > 1000, fig
             assert f"![{fig}]({fig})" in md
@@ -87,6 +89,10 @@ def test_files_and_report(study):
     assert "How to read a verdict (the rule was fixed before any result)" in md
     assert md.index("How to read a verdict") < md.index("| 1 |")  # the rule comes before the results
     assert "![prompt_transfer.png](prompt_transfer.png)" in md and "## Prompts" in md and "Near-ties" in md
+    four = next(f for f in results["findings"] if f["id"] == "4")
+    assert f"| 4 (constrained) | {four['constrained']['claim']} | **{four['constrained']['verdict']}** |" in md
+    assert md.index("## Steering judged as control") < md.index("## Steering, constrained")
+    assert (workdir / "steering_cost.png").stat().st_size > 1000
 
 
 def test_items_and_clean_evaluation(study, env):
@@ -224,17 +230,108 @@ def test_steering_and_agnostic_consistent(study):
             np.testing.assert_allclose(got, [np.nanmean(recall(labels, p[a], e)) - uar for a in range(len(alphas))])
 
 
+def test_free_form_steering_consistent(study):
+    """The free-form steering numbers recomputed from predictions.npz with plain numpy: each answer's score from its
+    stored parse, count of labels named, frame loss and repetition; the α chosen on the selection half; every random
+    control at the ESNs' plain-text damage; label mass from the stored log-probs; DiffMean from the stored
+    statistics."""
+    cfg, workdir, results = study
+    pred = dict(np.load(workdir / "predictions.npz"))
+    free = {k.split("__", 1)[1]: v for k, v in pred.items() if k.startswith("free__")}
+    s_, r_, a_, f_, e = (int(x) for x in free["layout"])
+    labels = free["labels"]
+    n = len(labels)
+    assert free["parsed"].shape == (2, 1 + s_ * a_ * e + s_ * r_ * a_ * e + 2 * f_ * e, n)  # two prompts
+    out = results["steering_free"]
+    sel = np.array(out["selection"])
+    assert out["items"] == n and np.array_equal(np.bincount(labels[sel]), np.bincount(labels) // 2)
+    loss = free["loss"][0]
+    clean = loss[0][~np.isnan(loss[0])]
+    ref = np.quantile(clean, 0.95) if clean.size else np.nan
+
+    def mean_score(v0, cols):
+        """Mean score over (target, item) pairs, items in cols, of variants v0 + t (t = target)."""
+        got = [by_hand(free["parsed"][0, v0 + t, i], free["named"][0, v0 + t, i], loss[v0 + t, i],
+                       free["repetition"][0, v0 + t, i], t, ref)
+               for t in range(e) for i in np.flatnonzero(cols) if labels[i] != t]
+        return np.mean(got)
+
+    def clean_score(cols):
+        return np.mean([by_hand(free["parsed"][0, 0, i], free["named"][0, 0, i], loss[0, i],
+                                free["repetition"][0, 0, i], t, ref)
+                        for t in range(e) for i in np.flatnonzero(cols) if labels[i] != t])
+    alphas = [0.0, *[float(a) for a in cfg.alphas.split("+")]]
+    damage = free["damage"]
+    assert damage[0] == 0.0
+    for s, name in enumerate(results["selectors"]):
+        v = out["selectors"][name]
+        esn = [1 + (s * a_ + a) * e for a in range(a_)]
+        on_sel = [clean_score(sel), *(mean_score(v0, sel) for v0 in esn)]
+        on_rep = [clean_score(~sel), *(mean_score(v0, ~sel) for v0 in esn)]
+        np.testing.assert_allclose(v["selection"], on_sel)
+        np.testing.assert_allclose(v["reported"], on_rep)
+        best = max(range(1, len(alphas)), key=lambda a: (round(on_sel[a], 12), -a))
+        assert v["chosen_alpha"] == alphas[best] and v["steering_score"] == pytest.approx(on_rep[best])
+        cost = [0.0, *(damage[v0:v0 + e].mean() for v0 in esn)]
+        assert v["text_damage"] == pytest.approx(cost[best])
+        for j, c in enumerate(v["controls"]):
+            rows = [1 + s_ * a_ * e + ((s * r_ + j) * a_ + a) * e for a in range(a_)]
+            curve = [0.0, *(damage[v0:v0 + e].mean() for v0 in rows)]
+            scores = [clean_score(~sel), *(mean_score(v0, ~sel) for v0 in rows)]
+            for i in range(len(curve) - 1):  # the first segment of the control's grid that brackets the ESNs' cost
+                lo, hi = curve[i], curve[i + 1]
+                if min(lo, hi) <= cost[best] <= max(lo, hi):
+                    f = 0.0 if hi == lo else (cost[best] - lo) / (hi - lo)
+                    want = (1 - f) * scores[i] + f * scores[i + 1]
+                    assert c["within_grid"] and c["alpha"] == pytest.approx((1 - f) * alphas[i] + f * alphas[i + 1])
+                    break
+            else:
+                end = len(curve) - 1 if cost[best] > max(curve) else int(np.argmin(curve))
+                want = scores[end]
+                assert not c["within_grid"]
+            assert c["steering_score"] == pytest.approx(want)
+    # label mass: the total probability on the labels, from the stored log-probs (score mode)
+    np.testing.assert_allclose(pred["costs__steer"][..., 1], np.exp(pred["steer_logp"]).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(pred["costs__clean_mass"], np.exp(pred["clean_logp"]).sum(-1), rtol=1e-5)
+    assert (pred["costs__deactivate"][..., 0] >= -1e-6).all()  # KL
+    # DiffMean: each emotion's mean over its identification tokens minus the others', pooled over the prompts
+    stats = [np.load(p) for p in sorted((workdir / "runs" / results["config_hash"] / "stats").glob("A_p*.npz"))]
+    total = sum(x["sum"].astype(np.float64) for x in stats)
+    tokens = sum(x["tokens"].astype(np.float64) for x in stats)
+    for t in range(e):
+        rest = [u for u in range(e) if u != t]
+        want = total[t] / max(tokens[t], 1) - total[rest].sum(0) / max(tokens[rest].sum(), 1)
+        np.testing.assert_allclose(free["diffmean_vectors"][t], want, rtol=1e-5, atol=1e-6)
+
+
 def test_stability_grid_and_float_noise(study):
     """Every finding carries its grid verdict; the grid's sizes follow the config; near-ties are counted from the
     stored log-probs; and noise of 1e-5 (cross-machine float differences) on every stored log-probability changes
     no verdict the grid calls holds or does not hold."""
     cfg, workdir, results = study
     seeds, n_prompts, draws = 3, 2, int(cfg.resamples)
-    for f in results["findings"]:
-        size = seeds * n_prompts * draws if f["id"] in ("1", "2", "3", "4") else n_prompts * draws
+    def word(holds_in, size):
+        share = holds_in / size
+        return "holds" if share >= 0.8 else "fragile" if share >= 0.2 else "does not hold"
+    for f in [*results["findings"], next(f for f in results["findings"] if f["id"] == "4")["constrained"]]:
+        size = seeds * n_prompts * draws if f["id"] in ("1", "2", "3", "4", "4c") else n_prompts * draws
         assert f["grid_size"] == size and 0 <= f["holds_in"] <= size
-        share = f["holds_in"] / size
-        assert f["verdict"] == ("holds" if share >= 0.8 else "fragile" if share >= 0.2 else "does not hold")
+        if not f.get("per_selector"):
+            assert f["verdict"] == word(f["holds_in"], size)
+            continue
+        # Each selector counted alone; holds only with its point test passing Holm over the selectors.
+        p = {s: v["p"] for s, v in f["per_selector"].items()}
+        order = sorted((x, s) for s, x in p.items() if x is not None)
+        holm = {s: min(1.0, max((len(order) - i) * x for i, (x, _) in enumerate(order[:order.index((p[s], s)) + 1])))
+                for s in p if p[s] is not None}
+        for s, v in f["per_selector"].items():
+            assert v["grid_size"] == size and v["p_holm"] == pytest.approx(holm.get(s))
+            want = word(v["holds_in"], size)
+            passed = v["point"] and s in holm and holm[s] < 0.05
+            assert v["verdict"] == ("fragile" if want == "holds" and not passed else want), (f["id"], s)
+        ranks = {"holds": 3, "fragile": 2, "does not hold": 1}
+        assert f["verdict"] == max((v["verdict"] for v in f["per_selector"].values()), key=ranks.get)
+        assert (f["selector"] is None) == (f["verdict"] == "does not hold")
     pred, masks = dict(np.load(workdir / "predictions.npz")), dict(np.load(workdir / "masks.npz"))
     ev = Evidence.load(pred, masks)
     logp = pred["deactivate_logp"]

@@ -6,7 +6,7 @@ import pytest
 
 from configs.study import get_config
 from esn_jax import metrics
-from experiments.study import analysis, verdicts
+from experiments.study import analysis, steering, verdicts
 from experiments.study.evidence import Evidence
 from experiments.study.run import analyze
 
@@ -35,7 +35,34 @@ def _evidence() -> Evidence:
     return Evidence(labels=labels, clean=_logp(labels[None]), deactivate=_logp(deact[None, None, None]),
                     steer=_logp(steer[None, None]), steer_random=_logp(np.tile(labels, (1, 1, 3, E, 1))),
                     agnostic=_logp(np.tile(labels, (1, 1, 2, 2, 1))), masks=masks,
-                    collateral_clean=np.zeros(2), collateral_masked=np.zeros((1, 1, 4, E, 2)), unknown_share=0.0)
+                    collateral_clean=np.zeros(2), collateral_masked=np.zeros((1, 1, 4, E, 2)), unknown_share=0.0,
+                    free=_free(labels))
+
+
+def _free(labels) -> dict:
+    """Free answers known by construction (one selector, 3 seeds, α 2 and 8, DiffMean factors 1 and 4): at α 2 the
+    ESNs make every clip answer the target fluently, at α 8 they break it (no label, a loss of 20); the random controls
+    leave the answers alone at α 2 and break them at α 8, at a plain-text damage of 0.05 and 2.0 against the ESNs' 0.1
+    and 1.0, so that at the ESNs' cost a control is 0.05 / 1.95 of the way to α 8: it scores 0 either way."""
+    layout = steering.stages.Layout(selectors=1, seeds=3, alphas=2, factors=2, emotions=E)
+    n = len(labels)
+    target = np.arange(E)[:, None].repeat(n, 1)
+    broken = np.full((E, n), -1)
+    parts = {"clean": labels[None], "esn": np.stack([target, broken])[None],
+             "random": np.stack([np.stack([np.tile(labels, (E, 1)), broken])] * 3)[None],
+             "diffmean": np.tile(labels, (2, 2, E, 1))}
+    parsed = np.concatenate([parts[k].reshape(-1, n) for k in layout.shapes])
+    assert len(parsed) == layout.variants
+    ok = parsed >= 0
+    damage = np.concatenate([[0.0], np.repeat([0.1, 1.0], E), np.tile(np.repeat([0.05, 2.0], E), 3),
+                             np.zeros(2 * 2 * E)])
+    return {"labels": labels, "items": np.arange(n).astype(str), "layout": np.array([1, 3, 2, 2, E]),
+            "text": np.full((1, *parsed.shape), "x"), "parsed": parsed[None], "named": ok[None].astype(int),
+            "loss": np.where(ok, 1.0, 20.0)[None], "repetition": np.zeros((1, *parsed.shape)),
+            "prompting_text": np.full((1, E, n), "x"), "prompting_parsed": target[None],
+            "prompting_named": np.ones((1, E, n), int), "prompting_loss": np.ones((1, E, n)),
+            "prompting_repetition": np.zeros((1, E, n)), "damage": damage,
+            "diffmean_relative": np.ones((2, E)), "diffmean_vectors": np.zeros((E, LAYERS, NEURONS))}
 
 
 def test_grid_compares_each_random_control_alone():
@@ -48,8 +75,20 @@ def test_grid_compares_each_random_control_alone():
         assert (f[fid]["holds_in"], f[fid]["grid_size"], f[fid]["verdict"]) == (40, 60, "fragile"), fid
     assert f["1"]["point_verdict"] == "does not hold"  # beyond every control: not beyond the third
     assert f["3"]["point_verdict"] == "holds"  # against the controls' mean
+    assert (f["1"]["selector"], f["1"]["per_selector"]["mad"]["point"]) == ("mad", False)
+    # 4, free form: the ESNs steer fluently at α 2 (chosen on the selection half), the controls at matched cost do not.
     assert (f["4"]["holds_in"], f["4"]["grid_size"], f["4"]["verdict"], f["4"]["point_verdict"]) == (
         60, 60, "holds", "holds")
+    assert f["4"]["selector"] == "mad" and f["4"]["free_form"]["verdict"] == "holds"
+    free = r["steering_free"]["selectors"]["mad"]
+    assert (free["chosen_alpha"], free["steering_score"], free["text_damage"]) == (2.0, 1.0, 0.1)
+    assert [c["steering_score"] for c in free["controls"]] == [0.0] * 3
+    assert [c["alpha"] for c in free["controls"]] == pytest.approx([2 + 6 * 0.05 / 1.95] * 3)
+    assert (free["toward"], free["away"]) == (1.0, 0.0)
+    assert r["steering_free"]["prompting"]["steering_score"] == 1.0
+    c = f["4"]["constrained"]
+    assert (c["holds_in"], c["grid_size"], c["verdict"], c["point_verdict"], c["selector"]) == (
+        60, 60, "holds", "holds", "mad")
     # 5 reads no random control: prompts × resamples; targeted injection changes nothing here, as Union and Mix.
     assert (f["5"]["holds_in"], f["5"]["grid_size"], f["5"]["verdict"]) == (0, 20, "does not hold")
     assert (f["6a"]["holds_in"], f["6a"]["grid_size"], f["6a"]["verdict"]) == (20, 20, "holds")
