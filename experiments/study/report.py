@@ -236,12 +236,14 @@ def blocks(r: dict) -> list[tuple]:
              for s in r["selectors"] for kk, v in r["selectors"][s]["k"].items() for d in [v["deactivation"]]]),
            ("img", "deactivation_bars.png")]
     out += [("img", f"deactivation_{s}.png") for s in r["selectors"]]
-    out += [*report_steering.free_blocks(r), *report_steering.constrained_blocks(r), *says_blocks(r),
+    out += [*report_steering.free_blocks(r), *report_steering.constrained_blocks(r),
+            *report_steering.says_blocks(r),
             ("h", 2, "Agnostic vs targeted injection"),
             ("p", "ΔUAR vs the clean model per α. Targeted: each item gets its true emotion's mask (an oracle); "
                   "Union: all emotions' neurons; Mix: equal-weight mix; 2-Pass: the clean prediction's mask."),
-            ("table", ["selector", "strategy", *[f"α={a:g}" for a in r["agnostic_alphas"]]],
-             [[s, name, *[_num(y) for y in v["delta_uar"]]] for s, a in r["agnostic"].items()
+            ("table", ["selector", "strategy", *[f"α={a:g}" for a in r["agnostic_alphas"]],
+                       "label mass / KL / text damage per α"],
+             [[s, name, *[_num(y) for y in v["delta_uar"]], _costs(v)] for s, a in r["agnostic"].items()
               for name, v in a.items() if name != "clean_uar"]),
             ("img", "agnostic.png"),
             ("h", 2, "Layers and overlaps"),
@@ -266,6 +268,15 @@ def blocks(r: dict) -> list[tuple]:
     return out
 
 
+def _costs(v: dict) -> str:
+    """An agnostic strategy's costs per α (Union and Mix; targeted and 2-Pass are the steering sweep's rows)."""
+    if "kl" not in v:
+        return "see steering"
+    return "; ".join(f"{_num(m, '.2f')} / {_num(k, '.2f')} / {_num(d)}"
+                     for m, k, d in zip(v["label_mass"], v["kl"], v.get("text_damage", [None] * len(v["kl"])),
+                                        strict=True))
+
+
 def answer_mode(r: dict) -> str:
     a = r["answer"]
     if a["mode"] == "generate":
@@ -274,27 +285,6 @@ def answer_mode(r: dict) -> str:
                 f"{r['clean']['unparsed']:.1%} of the clean answers named no label.")
     return ("Answers: scored (each label word's log-probability after the prompt; the most likely label is the "
             "prediction). `answer=generate` lets the model answer freely instead.")
-
-
-def says_blocks(r: dict) -> list[tuple]:
-    """"What the model says": one evaluation clip per emotion, its free answers clean and under interventions."""
-    w = r["says"]
-    out = [("h", 2, "What the model says"),
-           ("p", f"Free answers (greedy, at most {w['max_new_tokens']} new tokens) to one evaluation clip per emotion "
-                 f"under the first prompt: clean, with each emotion's {w['selector']} ESNs (k={w['k']}: "
-                 f"{', '.join(map(str, w['neurons']))} neurons) amplified ×(1+{w['alpha']:g}), with their matched "
-                 "random control amplified alike, and with the ESNs ablated. → the label the parser reads (— none).")]
-    for clip in w["clips"]:
-        clean, rest = clip["answers"][0], clip["answers"][1:]
-        out += [("p", f"Clip `{clip['id']}` (label **{clip['label']}**). Clean: {_said(clean)}"),
-                ("table", ["emotion", f"ESNs ×(1+{w['alpha']:g})", f"random ×(1+{w['alpha']:g})", "ESNs ablated"],
-                 [[emotion, *map(_said, rest[3 * j:3 * j + 3])] for j, emotion in enumerate(r["model"]["labels"])])]
-    return out
-
-
-def _said(answer: dict) -> str:
-    text = answer["text"].replace("\r", "").replace("\n", "↵")  # one table cell per answer
-    return f"“{text}” → {answer['parsed'] or '—'}"
 
 
 def prompt_blocks(r: dict) -> list[tuple]:

@@ -1,5 +1,6 @@
 """The report's steering sections: steering judged as control against what it costs (free answers, first), then the
-constrained ranking of label words with its label mass and drift; and the "control against cost" plot.
+constrained ranking of label words with its label mass and drift, and "What the model says" at the largest α; and
+the "control against cost" plot.
 
 Blocks are :mod:`experiments.study.report`'s: ("h", level, text), ("p", text), ("table", header, rows), ("img", file).
 """
@@ -130,3 +131,24 @@ def constrained_blocks(r: dict) -> list[tuple]:
                                                                                  v["gap_ci_per_seed"], strict=True))]
               for s, v in r["steering"].items()]),
             ("img", "steering.png")]
+
+
+def says_blocks(r: dict) -> list[tuple]:
+    """"What the model says": one evaluation clip per emotion, its free answers clean and under interventions."""
+    w = r["says"]
+    out = [("h", 2, "What the model says"),
+           ("p", f"Free answers (greedy, at most {w['max_new_tokens']} new tokens) to one evaluation clip per emotion "
+                 f"under the first prompt: clean, with each emotion's {w['selector']} ESNs (k={w['k']}: "
+                 f"{', '.join(map(str, w['neurons']))} neurons) amplified ×(1+{w['alpha']:g}), with their matched "
+                 "random control amplified alike, and with the ESNs ablated. → the label the parser reads (— none).")]
+    for clip in w["clips"]:
+        clean, rest = clip["answers"][0], clip["answers"][1:]
+        out += [("p", f"Clip `{clip['id']}` (label **{clip['label']}**). Clean: {_said(clean)}"),
+                ("table", ["emotion", f"ESNs ×(1+{w['alpha']:g})", f"random ×(1+{w['alpha']:g})", "ESNs ablated"],
+                 [[emotion, *map(_said, rest[3 * j:3 * j + 3])] for j, emotion in enumerate(r["model"]["labels"])])]
+    return out
+
+
+def _said(answer: dict) -> str:
+    text = answer["text"].replace("\r", "").replace("\n", "↵")  # one table cell per answer
+    return f"“{text}” → {answer['parsed'] or '—'}"
