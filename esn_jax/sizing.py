@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from esn_jax import sweep
+from esn_jax import decoding, sweep
 
 HEADROOM = 0.9  # the share of device memory a plan may use: the rest is the runtime's and fragmentation's
 
@@ -119,6 +119,17 @@ def sweep_bytes(module, params, batch: int, length: int, chunk: int, label_token
     """
     return sweep_footprint(module, params, batch, length, chunk, label_token_ids, site, prefix_length, mesh,
                            drift).total
+
+
+def generate_bytes(module, params, batch: int, length: int, chunk: int, max_new_tokens: int, site: str = "gate_act",
+                   mesh=None) -> int:
+    """Per-device bytes of one :func:`esn_jax.generate` call: ``chunk`` variants of [L, I] edits on ``batch``
+    left-padded prompts of ``length`` tokens, ``max_new_tokens`` new tokens each (the key/value cache of every
+    variant's rows holds the prompt and the answer), without a shared prompt prefix (the larger program), compiled
+    for the devices of ``mesh`` (default: the first device). Stop and pad tokens do not change the program's size."""
+    params, embedded, chunks = sweep_arguments(module, params, batch, length, chunk, site, mesh)
+    settings = decoding.Settings(max_new_tokens=int(max_new_tokens))
+    return program_bytes(decoding._generate.lower(module, params, embedded, chunks, jax.random.key(0), settings))
 
 
 def largest(fits: Callable[[int], bool], upper: int) -> int:

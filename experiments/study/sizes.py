@@ -20,9 +20,9 @@ device's memory), and guarded while the study runs.
 
 The programs sized are the sweep :func:`esn_jax.score_variants` runs (planned without a shared prompt prefix,
 :func:`esn_jax.sizing.sweep_bytes`'s larger program), the plain-text loss of :func:`esn_jax.text_loss` (the
-collateral stage) and, for free-form answers (``answer=generate``, the says stage), the scoring sweep's bytes again:
-an estimate, since generation also holds a key/value cache of the answer's tokens; the out-of-memory guard is what
-catches it being too small. Under a mesh every analysis is per device of the mesh (parameters with their shardings,
+collateral stage and the plain-text damage of the steering evaluation) and generation (:func:`esn_jax.generate`, of
+the free-form answers: :func:`esn_jax.sizing.generate_bytes`, whose key/value cache grows with the variants, rows,
+prompt and answer). Under a mesh every analysis is per device of the mesh (parameters with their shardings,
 rows split over ``data``). The choices go to results.json's ``sizing`` block.
 
 Shapes: B = batch, T = prompt length, V = variants of a call, C = chunk (variants per compiled call), L = layers,
@@ -60,16 +60,17 @@ def out_of_memory(err: BaseException) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Shape:
     """One shape of a chunked call: ``program`` ("score", "generate" or "collateral") on ``batch`` rows of
-    ``length`` tokens, ``variants`` interventions in all."""
+    ``length`` tokens, ``variants`` interventions in all; ``tokens``: the new tokens of a "generate" call."""
 
     program: str
     batch: int
     length: int
     variants: int
+    tokens: int = 0
 
     @property
     def key(self) -> str:
-        return f"{self.program} {self.batch}x{self.length} V{self.variants}"
+        return f"{self.program} {self.batch}x{self.length}{f'+{self.tokens}' if self.tokens else ''} V{self.variants}"
 
 
 def abstract(params, mesh=None):
@@ -109,12 +110,15 @@ class Sizer:
 
     def bytes(self, shape: Shape, chunk: int) -> int:
         """Per-device bytes of ``shape``'s program at ``chunk`` variants per call (compiled once, then cached)."""
-        kind = "collateral" if shape.program == "collateral" else "sweep"  # generation: the sweep's (an estimate)
-        key = (kind, shape.batch, shape.length, chunk)
+        kind = shape.program if shape.program in ("collateral", "generate") else "sweep"
+        key = (kind, shape.batch, shape.length, shape.tokens, chunk)
         if key not in self._bytes:
             if kind == "sweep":
                 self._bytes[key] = sizing.sweep_bytes(self.module, self.params, shape.batch, shape.length, chunk,
                                                       self.label_token_ids, self.site, 0, self.mesh, drift=True)
+            elif kind == "generate":
+                self._bytes[key] = sizing.generate_bytes(self.module, self.params, shape.batch, shape.length, chunk,
+                                                         shape.tokens, self.site, self.mesh)
             else:
                 self._bytes[key] = self._text_loss_bytes(shape.batch, shape.length, chunk)
         return self._bytes[key]
@@ -153,7 +157,8 @@ class Sizer:
         else:
             chunk = min(self.requested, v)
         entry = {"program": shape.program, "batch": shape.batch, "length": shape.length, "variants": v,
-                 "requested": "auto" if self.requested is None else self.requested, "halved": []}
+                 "requested": "auto" if self.requested is None else self.requested, "halved": [],
+                 **({"new_tokens": shape.tokens} if shape.tokens else {})}
         self.record["programs"][shape.key] = entry
         chunk = self._fit(shape, chunk)
         logging.info("variant_chunk=%s: %s on %d rows × %d tokens, %d variants: %d per call, %s per device "
@@ -166,7 +171,7 @@ class Sizer:
         first call); sets and records it."""
         while not self.fits(shape, chunk):
             if chunk == 1:
-                raise self._too_small(shape, "collateral" if shape.program == "collateral" else "sweep")
+                raise self._too_small(shape, shape.program if shape.program != "score" else "sweep")
             chunk = self._halve(shape, chunk, f"{self.bytes(shape, chunk)} bytes per device > the budget "
                                               f"{self.budget}")
         entry = self.record["programs"][shape.key]

@@ -150,8 +150,9 @@ class Context:
                                    self.num_emotions).reshape(*ids.shape[:2], -1)
         return {"logp": logp, "costs": costs}
 
-    def _shape(self, program: str, embedded: dict, interventions) -> sizes.Shape:
-        return sizes.Shape(program, *embedded["inputs_embeds"].shape[:2], jax.tree.leaves(interventions)[0].shape[0])
+    def _shape(self, program: str, embedded: dict, interventions, tokens: int = 0) -> sizes.Shape:
+        return sizes.Shape(program, *embedded["inputs_embeds"].shape[:2], jax.tree.leaves(interventions)[0].shape[0],
+                           tokens)
 
     @functools.cached_property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -165,7 +166,7 @@ class Context:
                                             stop_token_ids=self.stop_token_ids,
                                             pad_token_id=self.model.tokenizer.pad_token_id)
             return np.asarray(ids), np.asarray(lengths)
-        return self.sizer.run(self._shape("generate", embedded, interventions), interventions, call)
+        return self.sizer.run(self._shape("generate", embedded, interventions, max_new_tokens), interventions, call)
 
 
 # ---------------------------------------------------------------- data

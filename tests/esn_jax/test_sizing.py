@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import ports
+from esn_jax import decoding, scoring, sizing, sweep
 from esn_jax import interventions as iv
-from esn_jax import scoring, sizing, sweep
 from ports import sharding
 from tests.esn_jax.conftest import CONFIG
 
@@ -114,6 +114,19 @@ def test_sweep_bytes_are_the_compiled_program_of_concrete_arrays():
     embedded, chunks = _real_arguments(module, params)
     compiled = sizing.program_bytes(sweep.lower_sweep(module, params, embedded, chunks, LABELS))
     assert sizing.sweep_bytes(module, _abstract(params), B, T, V, LABELS) == compiled == _unsharded_bytes()
+
+
+def test_generate_bytes_are_the_compiled_program_of_a_real_call():
+    """The program esn_jax.generate runs on concrete arrays (no shared prefix, with stop and pad tokens), against the
+    compile-only plan; the plan grows with the chunk and with the answer's length (the key/value cache)."""
+    module, params = _tiny(tied=True)
+    embedded, chunks = _real_arguments(module, params)
+    settings = decoding.Settings(max_new_tokens=5, stop_token_ids=(3, 7), pad_token_id=3)
+    compiled = sizing.program_bytes(decoding._generate.lower(module, params, embedded, chunks, jax.random.key(0),
+                                                             settings))
+    assert sizing.generate_bytes(module, _abstract(params), B, T, V, 5) == compiled
+    assert sizing.generate_bytes(module, params, B, T, 2 * V, 5) > compiled
+    assert sizing.generate_bytes(module, params, B, T, V, 40) > compiled
 
 
 def test_parameters_the_sweep_does_not_read_still_count():
