@@ -65,7 +65,8 @@ def run(cfg, workdir, mesh=None) -> dict:
                                                 cfg.manual_dir, model.corpus)
                 splits += [(other, cfg.transfer_id_split, cfg.max_id_items),
                            (other, cfg.transfer_eval_split, cfg.max_eval_items)]
-            stages.stage_batch_size(ctx, splits)
+            prompting = [q for word in model.labels for q in steering.stages.prompting_questions(ctx.questions, word)]
+            stages.stage_batch_size(ctx, splits, (*ctx.questions, *prompting))
         id_names = stages.stage_batches(ctx, "A", dataset, cfg.id_split, cfg.max_id_items)
         eval_names = stages.stage_batches(ctx, "A", dataset, cfg.eval_split, cfg.max_eval_items)
         items = stages.items_of(ctx, eval_names[0])

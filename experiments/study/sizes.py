@@ -13,8 +13,9 @@ device's memory), and guarded while the study runs.
   the calls before it are kept, none is computed twice, and every variant's output is the one a run with the
   smaller chunk from the start gives it.
 - ``batch_size=auto``: the largest batch ≤ min(256, the most items of a split the study reads) whose sweep of one
-  variant fits, at the prompt length of the longest bucket the items fall in (:func:`prompt_length`: a batch of one
-  clip of that bucket built as the study builds its batches, under every prompt variant). It is chosen once, before
+  variant fits, and its generation of one variant (the longest answer the study writes), at the prompt length of
+  the longest bucket the items fall in (:func:`prompt_length`: a batch of one clip of that bucket built as the
+  study builds its batches, under every prompt variant). It is chosen once, before
   any batch is written, and kept in the run directory, so that a resumed run writes the rest of its batches at
   the same size (on another device too: the config hash keeps ``auto``, not the number).
 
@@ -137,7 +138,8 @@ class Sizer:
     def fits(self, shape: Shape, chunk: int) -> bool:
         return self.bytes(shape, chunk) <= self.budget
 
-    def _too_small(self, shape: Shape, what: str = "sweep") -> ValueError:
+    def _too_small(self, shape: Shape) -> ValueError:
+        what = "sweep" if shape.program == "score" else shape.program
         return ValueError(f"memory_budget={self.budget} bytes per device is smaller than the smallest {what} "
                           f"program (1 variant × {shape.batch} × {shape.length}): {self.bytes(shape, 1)} bytes")
 
@@ -171,7 +173,7 @@ class Sizer:
         first call); sets and records it."""
         while not self.fits(shape, chunk):
             if chunk == 1:
-                raise self._too_small(shape, shape.program if shape.program != "score" else "sweep")
+                raise self._too_small(shape)
             chunk = self._halve(shape, chunk, f"{self.bytes(shape, chunk)} bytes per device > the budget "
                                               f"{self.budget}")
         entry = self.record["programs"][shape.key]
@@ -219,16 +221,20 @@ class Sizer:
 
     # ------------------------------------------------------------ batch size
 
-    def batch_size(self, length: int, cap: int) -> int:
+    def batch_size(self, length: int, cap: int, new_tokens: int = 0) -> int:
         """The largest batch ≤ ``cap`` (a multiple of the mesh's data axis) whose sweep of one variant on prompts of
-        ``length`` tokens fits the budget."""
+        ``length`` tokens fits the budget, and with ``new_tokens`` > 0 its generation of that many tokens too."""
+        def shapes(n):
+            return [Shape("score", n * self.data, length, 1)] + (
+                [Shape("generate", n * self.data, length, 1, new_tokens)] if new_tokens else [])
+
         def fits(n):
-            return self.fits(Shape("score", n * self.data, length, 1), 1)
+            return all(self.fits(shape, 1) for shape in shapes(n))
 
         upper = max(1, cap // self.data)
         n = upper if fits(upper) else sizing.largest(fits, upper)
         if n == 0:
-            raise self._too_small(Shape("score", self.data, length, 1))
+            raise self._too_small(next(s for s in shapes(1) if not self.fits(s, 1)))
         return n * self.data
 
     def summary(self) -> dict:

@@ -172,17 +172,18 @@ class Context:
 # ---------------------------------------------------------------- data
 
 
-def stage_batch_size(ctx: Context, splits: list[tuple[str, str, int]]) -> int:
+def stage_batch_size(ctx: Context, splits: list[tuple[str, str, int]], questions: tuple[str, ...]) -> int:
     """Resolves ``batch_size=auto`` once, before any batch is written (:meth:`sizes.Sizer.batch_size` at the prompt
-    length of the longest bucket the items of ``splits`` [(dataset, split, max_items)] fall in, capped at the most
-    items of a split and :data:`sizes.BATCH_CAP`), and keeps it in the run directory: a resumed run reuses it
-    whatever device it runs on, so that all of a run's batches have one size. Sets it in ``ctx.cfg``."""
+    length of the longest bucket the items of ``splits`` [(dataset, split, max_items)] fall in, under every one of
+    ``questions``, capped at the most items of a split and :data:`sizes.BATCH_CAP`), and keeps it in the run
+    directory: a resumed run reuses it whatever device it runs on, so that all of a run's batches have one size.
+    Sets it in ``ctx.cfg``."""
     chosen = ctx.sizer.record.get("batch_size")
     if chosen is None:
         items = [adapters.read_items(ctx.cfg, ctx.model, *split, ctx.cfg.seed) for split in splits]
-        length = sizes.prompt_length(ctx.model, [ex for part in items for ex in part], ctx.questions, ctx.cfg)
+        length = sizes.prompt_length(ctx.model, [ex for part in items for ex in part], questions, ctx.cfg)
         cap = min(sizes.BATCH_CAP, max(map(len, items)))
-        size = ctx.sizer.batch_size(length, cap)
+        size = ctx.sizer.batch_size(length, cap, max(ctx.cfg.answer_tokens, ctx.cfg.says_tokens))
         shape = sizes.Shape("score", size, length, 1)
         chosen = {"requested": "auto", "resolved": size, "length": length, "cap": cap,
                   "bytes": ctx.sizer.bytes(shape, 1)}

@@ -213,6 +213,11 @@ def read(ctx: study.Context, got: dict) -> dict[str, np.ndarray]:
             "repetition": np.array(reps, np.float64).reshape(shape)}
 
 
+def prompting_questions(questions, label: str) -> tuple[str, ...]:
+    """The prompting baseline's question under each prompt: it names ``label`` as the expected answer."""
+    return tuple(PROMPTING.format(question=q, label=label) for q in questions)
+
+
 def run_stage(ctx: study.Context, dataset: str, eval_names: list[list[str]], masks, stats, text: dict) -> dict:
     """Every free-form stage; returns the arrays :func:`analyze` reads (``Evidence.free``): ``labels``, ``items``
     [N]; ``layout`` [5] (S, R, A, F, E); per prompt ``text``, ``parsed``, ``named``, ``repetition``, ``loss``
@@ -229,7 +234,7 @@ def run_stage(ctx: study.Context, dataset: str, eval_names: list[list[str]], mas
     first = unedited(interventions)
     prompted = []
     for t, word in enumerate(ctx.model.labels):
-        questions = tuple(PROMPTING.format(question=q, label=word) for q in ctx.questions)
+        questions = prompting_questions(ctx.questions, word)
         hint = study.stage_batches(ctx, f"T{t}", dataset, cfg.eval_split, count, questions)
         prompted.append([stage_answers(ctx, f"prompting/t{t}/p{p}", part, first) for p, part in enumerate(hint)])
     items = got[0]["items"]
