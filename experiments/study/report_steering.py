@@ -41,7 +41,8 @@ def plot(workdir: Path, r: dict) -> None:
                 label=name.replace("_", " "))
     ax.plot([0], [_nan(free["prompting"]["steering_score"])], "P", ms=12, color="C6", label="prompting")
     ax.axvline(0, color="k", lw=0.5)
-    ax.set(xlabel="plain-text damage (Δ nats/token)", ylabel="steering score (reported half)",
+    ax.set_xscale("symlog", linthresh=0.1)  # the largest gains cost tens of times what the small ones do
+    ax.set(xlabel="plain-text damage (Δ nats/token, linear below 0.1)", ylabel="steering score (reported half)",
            title="control against cost (★: the α chosen on the other half)")
     ax.legend(fontsize=7, loc="best")
     fig.savefig(workdir / "steering_cost.png", dpi=80, bbox_inches="tight")
