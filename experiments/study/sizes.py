@@ -4,8 +4,9 @@ nothing is allocated) under ``memory_budget`` (bytes per device; 0: :data:`esn_j
 device's memory), and guarded while the study runs.
 
 - ``variant_chunk=auto`` (the default): per call shape (program, B rows, T tokens, V variants) the largest chunk
-  C ≤ V whose program fits the budget (V first: one compile when everything fits, else a bisection), chosen once
-  per shape and logged. V is the cap: a larger chunk would only score padding.
+  C ≤ V whose program fits the budget (V first: one compile when everything fits, else a bisection), then evened
+  out to ⌈V / ⌈V / C⌉⌉ (as few calls, less padding in the last), chosen once per shape and logged. V is the cap: a
+  larger chunk would only score padding.
 - An explicit ``variant_chunk`` and ``auto`` go through the same guard: before the first call of a shape, a chunk
   whose compiled program exceeds the budget is halved (until it fits; not even C = 1: a ValueError naming the
   budget and that program's bytes), and a call that still runs out of device memory (a ``JaxRuntimeError`` whose
@@ -156,6 +157,9 @@ class Sizer:
             chunk = v if self.fits(shape, v) else sizing.largest(lambda c: self.fits(shape, c), v)
             if chunk == 0:
                 raise self._too_small(shape)
+            # As few calls as the largest chunk needs, split evenly: the last call pads less (145 variants at most
+            # 111 per call: 2 calls of 73, not 2 of 111).
+            chunk = -(-v // -(-v // chunk))
         else:
             chunk = min(self.requested, v)
         entry = {"program": shape.program, "batch": shape.batch, "length": shape.length, "variants": v,

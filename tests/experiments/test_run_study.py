@@ -481,8 +481,8 @@ def test_what_the_model_says(study):
 def test_study_sizes_itself(env, tmp_path):
     """batch_size=auto and variant_chunk=auto under a budget: the batch is the largest whose one-variant sweep fits
     (resolved before the batches are written, which have that many rows), every sweep's chunk the largest that
-    fits (recomputed here with esn_jax.sizing), all in results.json; a run resumed with stages deleted reports the
-    same sizes, byte for byte."""
+    fits, evened out over the calls it needs (recomputed here with esn_jax.sizing), all in results.json; a run
+    resumed with stages deleted reports the same sizes, byte for byte."""
     import shutil
 
     from esn_jax import sizing
@@ -526,8 +526,9 @@ def test_study_sizes_itself(env, tmp_path):
     for p in sized["programs"]:
         assert p["bytes"] <= budget and p["halved"] == []
         if p["program"] == "score" and p["length"] == length:
-            c = p["chunk"]
-            assert sweep(p["batch"], c) == p["bytes"] and (c == p["variants"] or sweep(p["batch"], c + 1) > budget)
+            c, v = p["chunk"], p["variants"]
+            largest = max(n for n in range(1, v + 1) if sweep(p["batch"], n) <= budget)
+            assert sweep(p["batch"], c) == p["bytes"] and c == -(-v // -(-v // largest))  # evened out
     once = (tmp_path / "results.json").read_bytes()
     for done in ("steer", "agnostic", "says.npz", "collateral.npz"):
         shutil.rmtree(run_dir / done) if (run_dir / done).is_dir() else (run_dir / done).unlink()
