@@ -100,13 +100,12 @@ def selector_result(prep: dict, s: int, grid, seeds, cfg, costs=None) -> dict:
         g = item_gaps(chosen["score"], items["score"])
         gaps.append(g)
         controls.append({"seed": int(seed), "alpha": float(m["weights"] @ np.asarray(grid)), "within_grid": m["within"],
-                         "text_damage": m["damage"], **_means(items, slice(None)),
+                         "text_damage": m["damage"],
+                         **{k: _num(score.mean_score(items[k])) for k in AXES if k != "score"},
                          "steering_score": _num(score.mean_score(items["score"])),
                          "gap": _num(np.mean(g)), "gap_ci": boot_ci(g, draws),
                          **score.reliability(items["score"], prep["clean"]["score"][:, rep])})
-        del controls[-1]["score"]
-    mean_control = np.nanmean([item_gaps(chosen["score"], np.zeros_like(chosen["score"])) - g for g in gaps], 0)
-    own = item_gaps(chosen["score"], np.zeros_like(chosen["score"]))
+    gap_items = np.nanmean(gaps, 0)  # per item, ESN − the controls' mean
     out = {"alphas": list(grid), "selection": [_num(x) for x in on_selection],
            "reported": [_num(x) for x in score.mean_score(esn["score"][..., rep])],
            "chosen_alpha": float(grid[a]), "chosen_index": a, "steering_score": _num(score.mean_score(chosen["score"])),
@@ -118,8 +117,9 @@ def selector_result(prep: dict, s: int, grid, seeds, cfg, costs=None) -> dict:
            "random_text_damage_per_alpha": prep["damage"]["random"][s].tolist(),
            "controls": controls, "gap_per_seed": [c["gap"] for c in controls],
            "gap_ci_per_seed": [c["gap_ci"] for c in controls],
-           "p_permutation": _num(esn_jax.metrics.paired_permutation_test(own, mean_control, cfg.permutations, cfg.seed))
-           if len(own) else None,
+           "p_permutation": _num(esn_jax.metrics.paired_permutation_test(gap_items, np.zeros_like(gap_items),
+                                                                         cfg.permutations, cfg.seed))
+           if len(gap_items) else None,
            **score.reliability(chosen["score"], prep["clean"]["score"][:, rep])}
     if costs is not None:  # the constrained sweep's costs at the same α (its grid is the α grid without 0)
         out["label_mass"], out["kl"] = (float(np.mean(np.asarray(costs[s, a - 1, ..., i], np.float64))) for i in (1, 0))
