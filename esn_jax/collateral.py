@@ -65,10 +65,10 @@ def text_loss(module, params, input_ids, attention_mask, interventions: Interven
     interventions: edits with a leading variant axis, e.g. ``interventions.ablate(masks [V, L, I])``.
     chunk_size: variants per vmapped step (default all V). Memory: ``chunk_size`` × B × T × vocab logits.
     """
-    mask = np.asarray(attention_mask)
+    mask = sweep.local_rows(attention_mask)
     if (mask.sum(1) < 2).any():
         raise ValueError(f"every row needs at least two tokens to predict one; tokens per row: {mask.sum(1)}")
-    chunks, v = sweep.chunk_variants(params, interventions, mask.shape, chunk_size)
+    chunks, v = sweep.chunk_variants(params, interventions, np.shape(attention_mask), chunk_size)
     return _loss(module, params, jnp.asarray(input_ids), jnp.asarray(attention_mask), chunks)[:v]
 
 

@@ -112,7 +112,7 @@ def _settings(max_new_tokens, stop_token_ids, pad_token_id, temperature, top_p, 
 def _check_left_padded(mask) -> None:
     if mask is None or not isinstance(mask, np.ndarray | jax.Array) or isinstance(mask, jax.core.Tracer):
         return
-    mask = np.asarray(mask).astype(bool)
+    mask = sweep.local_rows(mask).astype(bool)
     if mask.ndim != 2:
         raise ValueError(f"attention_mask must be [B, T]; got shape {mask.shape}")
     bad = np.flatnonzero(~mask[:, -1] | (np.diff(mask.astype(np.int8), axis=1) < 0).any(axis=1))

@@ -42,6 +42,15 @@ def num_variants(interventions: Interventions) -> int:
     return sizes.pop()
 
 
+def local_rows(x) -> np.ndarray:
+    """What this process holds of an array [B, ...]: all of it, or in a multi-host run the rows on its own devices
+    (each host checks the inputs it holds)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        rows = {s.index[0].start or 0: s.data for s in x.addressable_shards}  # replicas once
+        return np.concatenate([np.asarray(rows[k]) for k in sorted(rows)])
+    return np.asarray(x)
+
+
 def score_variants(module, params, batch: Mapping[str, Any], interventions: Interventions,
                    label_token_ids: Sequence[Sequence[int]], chunk_size: int | None = None,
                    share_prefix: bool = True, drift: bool = False) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:

@@ -33,6 +33,7 @@ from experiments.memory import (
     real_config,
     sequence_length,
 )
+from ports import sharding
 
 _MODELS = flags.DEFINE_list("model", list(REAL_CONFIGS), "Models to plan.")
 _MODEL_CONFIG = flags.DEFINE_string("model_config", "", "config.json of the one --model (default: its released one).")
@@ -63,7 +64,7 @@ def main(argv):
 
 def here(dtype):
     mesh = devices.mesh_from_flags()
-    device = mesh.devices.flat[0]
+    device = sharding.local_device(mesh)
     budget = sizing.budget(_BUDGET.value, device)
     shape = ",".join(f"{k}:{v}" for k, v in mesh.shape.items() if v > 1) or "data:1"
     source = "--memory_budget" if _BUDGET.value > 0 else f"{sizing.HEADROOM:.0%} of {sizing.device_memory(device)}"

@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs.study import validate
-from experiments import devices
+from experiments import devices, hosts
 from experiments.study.run import run
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -26,11 +26,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the stages' files, the re
 flags.mark_flags_as_required(["workdir"])
 
 
+@hosts.exit_at_once
 def main(argv):
     del argv
+    devices.start()  # before any other JAX call
     logging.set_verbosity(logging.WARNING)  # orbax logs every write at INFO
     validate(_CONFIG.value)  # --config.key=value overrides bypass get_config's checks
-    workdir = Path(_WORKDIR.value)
+    workdir = hosts.workdir(Path(_WORKDIR.value))
     results = run(_CONFIG.value, workdir, devices.mesh_from_flags())
     for f in results["findings"]:
         print(f"finding {f['id']}: {f['verdict']:13s} {f['claim']}")

@@ -51,6 +51,12 @@ def make_mesh(data: int = 1, model: int = 1, variants: int = 1, devices: Sequenc
     return Mesh(np.array(devices[:need]).reshape(variants, data, model), AXES)
 
 
+def local_device(mesh: Mesh) -> Any:
+    """The mesh's first device that this process addresses (in a multi-host run the first device of the mesh may be
+    another host's, whose memory this process cannot query)."""
+    return next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+
+
 def parse_mesh(spec: str) -> dict[str, int]:
     """``"data:4,model:2"`` -> ``{"data": 4, "model": 2}`` (the scripts' ``--mesh`` flag); "" -> {}."""
     out = {}

@@ -26,6 +26,7 @@ import numpy as np
 
 import esn_jax
 from configs.study import parse_list, size
+from experiments import hosts
 from experiments.study import adapters, analysis, answers, report, stages, steering, verdicts
 from experiments.study.evidence import Evidence, near_ties, preds
 
@@ -35,13 +36,15 @@ def _k_name(k: float) -> str:
 
 
 class _Timer:
-    """Wall seconds per stage (summed over calls), for the table README keeps; written to timings.json."""
+    """Wall seconds per stage (summed over calls), for the table README keeps; written to timings.json. Entering a
+    stage is where a fault can be injected into one process of a group (:func:`experiments.hosts.fault_point`)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, stage: str):
+        hosts.fault_point(stage)
         start = time.perf_counter()
         yield
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
@@ -132,14 +135,17 @@ def run(cfg, workdir, mesh=None) -> dict:
     arrays = {**ev.arrays(), "ids": items["ids"], "clean_preds": preds(ev.clean[0]),
               "collateral_input_ids": text["input_ids"], "collateral_attention_mask": text["attention_mask"]}
     with timer("report"):
-        _write_npz(workdir / "predictions.npz", arrays)
-        _write_npz(workdir / "masks.npz", {"masks": masks, "selectors": np.array(ctx.selectors),
-                                           "ks": np.array(ctx.ks), "prompts": np.array(ctx.prompts),
-                                           **({"prompt_masks": prompt_masks} if prompt_masks is not None else {}),
-                                           **({"transfer_masks": ev.transfer_masks} if transfer else {})})
-        stages.write_atomically(workdir / "results.json", (json.dumps(r, indent=1) + "\n").encode())
-        report.write(workdir, r)
-    stages.write_atomically(workdir / "timings.json", (json.dumps(timer.seconds, indent=1) + "\n").encode())
+        if hosts.is_writer():  # every process holds the same results; one writes them
+            _write_npz(workdir / "predictions.npz", arrays)
+            _write_npz(workdir / "masks.npz", {"masks": masks, "selectors": np.array(ctx.selectors),
+                                               "ks": np.array(ctx.ks), "prompts": np.array(ctx.prompts),
+                                               **({"prompt_masks": prompt_masks} if prompt_masks is not None else {}),
+                                               **({"transfer_masks": ev.transfer_masks} if transfer else {})})
+            stages.write_atomically(workdir / "results.json", (json.dumps(r, indent=1) + "\n").encode())
+            report.write(workdir, r)
+    if hosts.is_writer():
+        stages.write_atomically(workdir / "timings.json", (json.dumps(timer.seconds, indent=1) + "\n").encode())
+    hosts.barrier("study written")  # no process ends before the report is in place
     print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timer.seconds.items()))
     print(report.compute(r["sizing"]))  # the choices are logged at INFO, which the script's verbosity hides
     return r

@@ -50,6 +50,7 @@ from esn_jax import collateral, sizing
 from esn_jax.data import pipeline
 from esn_jax.stats import model_dims
 from experiments.study import adapters
+from ports import sharding
 
 BATCH_CAP = 256  # batch_size=auto looks no further: past it a sweep gains little, a short split nothing
 OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"  # how XLA's runtime says a device ran out of memory
@@ -99,7 +100,7 @@ class Sizer:
         self.module, self.label_token_ids, self.site, self.mesh = model.module, model.label_token_ids, site, mesh
         self.params = abstract(model.params, mesh)
         self.layers, self.neurons = model_dims(model.params)
-        self.device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+        self.device = sharding.local_device(mesh) if mesh is not None else jax.devices()[0]
         self.budget = sizing.budget(memory_budget, self.device)
         self.requested = size(variant_chunk, "variant_chunk")  # None: auto
         self.data = mesh.shape["data"] if mesh is not None else 1
@@ -248,7 +249,8 @@ class Sizer:
 
     def _summary(self) -> dict:
         return {"backend": self.device.platform, "device": self.device.device_kind,
-                "devices": int(self.mesh.devices.size) if self.mesh is not None else 1, "budget_bytes": self.budget,
+                "devices": int(self.mesh.devices.size) if self.mesh is not None else 1,
+                "processes": jax.process_count(), "budget_bytes": self.budget,
                 "variant_chunk": "auto" if self.requested is None else self.requested,
                 **{k: v for k, v in self.record.items() if k != "programs"},
                 "programs": [self.record["programs"][k] for k in sorted(self.record["programs"])]}

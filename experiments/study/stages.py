@@ -48,21 +48,20 @@ import esn_jax
 from configs.study import parse_list
 from esn_jax import collateral, scoring
 from esn_jax.selectors import attribution
+from experiments import hosts
 from experiments.study import adapters, answers, sizes
 from ports import prompts, sharding
 
 CRASH_ENV = "ESN_STUDY_CRASH_AFTER"  # "<stage>:<n>": exit abruptly after saving unit n (resume tests)
 
 
-class Store:
-    """Atomic npz/json files under one run directory, named by a hash of the config."""
+class HostCache:
+    """npz files that one process writes and reads itself: with one process the run's store, in a group each host's
+    cache of the model inputs of its own rows."""
 
-    def __init__(self, workdir: Path, cfg):
-        text = json.dumps(cfg.to_dict(), sort_keys=True)
-        self.key = hashlib.sha256(text.encode()).hexdigest()[:16]
-        self.root = Path(workdir) / "runs" / self.key
+    def __init__(self, root: Path):
+        self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        write_atomically(self.root / "config.json", (text + "\n").encode())
 
     def path(self, name: str) -> Path:
         return self.root / f"{name}.npz"
@@ -79,16 +78,48 @@ class Store:
         with np.load(self.path(name), allow_pickle=False) as f:
             return dict(f)
 
+
+class Store(HostCache):
+    """Atomic npz/json files under one run directory, named by a hash of the config.
+
+    In a multi-host run (:mod:`experiments.hosts`) the store is collective: every process calls it at the same
+    points; process 0 alone writes, decides what exists (:meth:`has`) and reads, and what it read reaches the others
+    by broadcast, so no process reads a file another wrote and a resumed run takes one decision for all."""
+
+    def __init__(self, workdir: Path, cfg):
+        text = json.dumps(cfg.to_dict(), sort_keys=True)
+        self.key = hashlib.sha256(text.encode()).hexdigest()[:16]
+        super().__init__(Path(workdir) / "runs" / self.key)
+        if hosts.is_writer():
+            write_atomically(self.root / "config.json", (text + "\n").encode())
+
+    def has(self, name: str) -> bool:
+        return hosts.broadcast_flag(hosts.is_writer() and super().has(name))
+
+    def save(self, name: str, **arrays) -> None:
+        if hosts.is_writer():
+            super().save(name, **arrays)
+
+    def load(self, name: str) -> dict[str, np.ndarray]:
+        data = hosts.broadcast_bytes(self.path(name).read_bytes() if hosts.is_writer() else None)
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            return dict(f)
+
     def save_json(self, name: str, value) -> None:
-        write_atomically(self.root / f"{name}.json", (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+        if hosts.is_writer():
+            write_atomically(self.root / f"{name}.json",
+                             (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
 
     def load_json(self, name: str):
         path = self.root / f"{name}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not hosts.broadcast_flag(hosts.is_writer() and path.exists()):
+            return None
+        return json.loads(hosts.broadcast_bytes(path.read_bytes() if hosts.is_writer() else None))
 
-    def listing(self, prefix: str) -> list[str]:
-        folder = self.root / prefix
-        return sorted(f"{prefix}/{p.stem}" for p in folder.glob("*.npz")) if folder.exists() else []
+    def cache(self) -> HostCache:
+        """This process's cache of model inputs (``batches/``, the same on every host): process 0's is in the run
+        directory, another's in a folder of its own, ``host_<i>``, since no process reads a file another wrote."""
+        return HostCache(self.root if hosts.is_writer() else self.root / f"host_{jax.process_index()}")
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -111,6 +142,7 @@ class Context:
 
     def __init__(self, cfg, store: Store, model: adapters.Model, mesh=None):
         self.cfg, self.store, self.model, self.mesh = cfg, store, model, mesh
+        self.cache = store.cache()  # the model inputs (batches/): each host's own
         self.sizer = sizes.Sizer(model, cfg.variant_chunk, cfg.memory_budget, cfg.site, mesh,
                                  record=store.load_json("sizing"), save=functools.partial(store.save_json, "sizing"))
         self.selectors = parse_list("selectors", cfg.selectors)
@@ -140,7 +172,7 @@ class Context:
         def call(part):
             logp, kl = esn_jax.score_variants(self.model.module, self.model.params, embedded, part,
                                               self.model.label_token_ids, drift=True)
-            return np.asarray(logp, np.float32), np.asarray(kl, np.float32)
+            return hosts.to_host(logp).astype(np.float32), hosts.to_host(kl).astype(np.float32)
         logp, kl = self.sizer.run(self._shape("score", embedded, interventions), interventions, call)
         costs = np.stack([kl, collateral.label_mass(logp)], -1).astype(np.float32)
         if self.cfg.answer == "generate":
@@ -165,7 +197,7 @@ class Context:
             ids, lengths = esn_jax.generate(self.model.module, self.model.params, embedded, max_new_tokens, part,
                                             stop_token_ids=self.stop_token_ids,
                                             pad_token_id=self.model.tokenizer.pad_token_id)
-            return np.asarray(ids), np.asarray(lengths)
+            return hosts.to_host(ids), hosts.to_host(lengths)
         return self.sizer.run(self._shape("generate", embedded, interventions, max_new_tokens), interventions, call)
 
 
@@ -201,17 +233,21 @@ def stage_batches(ctx: Context, tag: str, dataset: str, split: str, max_items: i
     returns their store names [P][batches]. questions: other questions than the study's prompts', one per P."""
     questions = ctx.questions if questions is None else questions
     names = [f"batches/{tag}_{split}_p{p}" for p in range(len(questions))]
-    todo = [p for p, name in enumerate(names) if not ctx.store.path(name + "/done").exists()]
+    todo = [p for p, name in enumerate(names) if not ctx.cache.has(name + "/done")]
     items = adapters.read_items(ctx.cfg, ctx.model, dataset, split, max_items, ctx.cfg.seed) if todo else []
     for p in todo:  # a resumed run recomputes the features of the batches it already saved, and skips the writes
         model = dataclasses.replace(ctx.model, question=questions[p])
         for i, batch in enumerate(tqdm(adapters.batches(model, items, ctx.cfg), desc=f"features {tag}/{split}/p{p}",
                                        total=-(-len(items) // ctx.cfg.batch_size))):
-            if not ctx.store.has(f"{names[p]}/{i:05d}"):
-                ctx.store.save(f"{names[p]}/{i:05d}", **batch)
-        ctx.store.save(names[p] + "/done", count=np.int64(i + 1))
-    counts = [int(ctx.store.load(name + "/done")["count"]) for name in names]
-    return [[f"{name}/{i:05d}" for i in range(count)] for name, count in zip(names, counts, strict=True)]
+            if not ctx.cache.has(f"{names[p]}/{i:05d}"):
+                ctx.cache.save(f"{names[p]}/{i:05d}", **batch)
+        ctx.cache.save(names[p] + "/done", count=np.int64(i + 1))
+    counts = [int(ctx.cache.load(name + "/done")["count"]) for name in names]
+    out = [[f"{name}/{i:05d}" for i in range(count)] for name, count in zip(names, counts, strict=True)]
+    if hosts.multi():  # every host must run the same steps on the same items (each batch's ids, labels, valid rows)
+        hosts.agree(f"the batches of {tag}/{split}", b"".join(
+            ctx.cache.load(n)[k].tobytes() for part in out for n in part for k in ("ids", "labels", "valid")))
+    return out
 
 
 def per_batch(ctx: Context, stage: str, names: list[str], fn, desc: str) -> dict[str, np.ndarray]:
@@ -220,7 +256,7 @@ def per_batch(ctx: Context, stage: str, names: list[str], fn, desc: str) -> dict
     parts = []
     for i, name in enumerate(tqdm(names, desc=desc)):
         out = f"{stage}/{i:05d}"
-        batch = ctx.store.load(name)
+        batch = ctx.cache.load(name)
         if not ctx.store.has(out):
             ctx.store.save(out, **fn(i, batch))
             crash_point(stage, i)
@@ -236,7 +272,7 @@ def per_prompt(ctx: Context, stage: str, names: list[list[str]], fn) -> dict[str
 
 def items_of(ctx: Context, names: list[str]) -> dict[str, np.ndarray]:
     """labels [N] and ids [N] of the real rows of the batches."""
-    batches = [ctx.store.load(n) for n in names]
+    batches = [ctx.cache.load(n) for n in names]
     return {"labels": np.concatenate([b["labels"][b["valid"]] for b in batches]),
             "ids": np.concatenate([b["ids"][b["valid"]] for b in batches])}
 
@@ -254,8 +290,8 @@ def stage_clean(ctx: Context, tag: str, names: list[list[str]]) -> tuple[np.ndar
             layers, neurons = esn_jax.model_dims(ctx.model.params)
             out = ctx.score(batch, esn_jax.ablate(np.zeros((1, layers, neurons), bool)))
             return {"logp": out["logp"][0], "mass": out["costs"][0, :, 1:]}
-        logp = np.asarray(_score_labels(ctx.model.module, ctx.model.params, ctx.inputs(batch),
-                                        ctx.model.label_token_ids), np.float32)
+        logp = hosts.to_host(_score_labels(ctx.model.module, ctx.model.params, ctx.inputs(batch),
+                                           ctx.model.label_token_ids)).astype(np.float32)
         return {"logp": logp, "mass": collateral.label_mass(logp)[:, None].astype(np.float32)}
     out = per_prompt(ctx, f"clean/{tag}", names, fn)
     return out["logp"], out["mass"][..., 0]
@@ -282,16 +318,16 @@ def stage_stats(ctx: Context, tag: str, names: list[list[str]]) -> list[tuple[es
             start, stats = 0, esn_jax.EmotionStats.zeros(e, layers, neurons, config)
             grad_sum, grad_items = np.zeros((e, layers, neurons), np.float32), np.zeros(e, np.int32)
         for i in tqdm(range(start, len(part)), desc=f"statistics {tag} p{p}", initial=start, total=len(part)):
-            batch = ctx.store.load(part[i])
+            batch = ctx.cache.load(part[i])
             kw = ctx.inputs(batch)
             stats, correct = esn_jax.update_stats(stats, ctx.model.module, ctx.model.params, kw, batch["labels"],
                                                   ctx.model.label_token_ids, config, item_mask=batch["valid"])
             if use_grad:  # attribution over the same items the statistics keep
-                keep = batch["valid"] & (np.asarray(correct) if ctx.cfg.success_filter else True)
+                keep = batch["valid"] & (hosts.to_host(correct) if ctx.cfg.success_filter else True)
                 g, n = attribution(ctx.model.module, ctx.model.params, kw, batch["labels"],
                                    ctx.model.label_token_ids, e, ctx.cfg.site, item_mask=keep)
-                grad_sum, grad_items = grad_sum + np.asarray(g), grad_items + np.asarray(n)
-            fields = {f: np.asarray(getattr(stats, f)) for f in STATS_FIELDS}
+                grad_sum, grad_items = grad_sum + hosts.to_host(g), grad_items + hosts.to_host(n)
+            fields = {f: hosts.to_host(getattr(stats, f)) for f in STATS_FIELDS}
             ctx.store.save(name, **fields, grad_sum=grad_sum, grad_items=grad_items, next_batch=np.int64(i + 1))
             crash_point(name, i)
         out.append((stats, grad_sum, grad_items))
@@ -326,7 +362,9 @@ def select_all(ctx: Context, stats, grad, ks) -> np.ndarray:
 
 def stage_select(ctx: Context, name: str, stats, grad, ks) -> np.ndarray:
     if not ctx.store.has(name):
-        ctx.store.save(name, masks=select_all(ctx, stats, grad, ks))
+        masks = select_all(ctx, stats, grad, ks)
+        hosts.agree(name, masks.tobytes())  # drawn from the reduced statistics and the seeds alone, on every host
+        ctx.store.save(name, masks=masks)
     return ctx.store.load(name)["masks"]
 
 
@@ -424,7 +462,7 @@ def stage_says(ctx: Context, names: list[str], masks: np.ndarray) -> dict[str, n
         found = {"ids": [], "lengths": [], "labels": [], "items": []}
         seen = set()
         for name in names:
-            batch = ctx.store.load(name)
+            batch = ctx.cache.load(name)
             rows = []
             for i in np.flatnonzero(batch["valid"]):
                 if int(batch["labels"][i]) not in seen:
@@ -469,8 +507,8 @@ def stage_collateral(ctx: Context, masks: np.ndarray) -> dict[str, np.ndarray]:
         inputs = ctx.inputs({"input_ids": ids, "attention_mask": mask})
 
         def call(part):
-            return np.asarray(collateral.text_loss(ctx.model.module, ctx.model.params, inputs["input_ids"],
-                                                   inputs["attention_mask"], part))
+            return hosts.to_host(collateral.text_loss(ctx.model.module, ctx.model.params, inputs["input_ids"],
+                                                      inputs["attention_mask"], part))
         loss = ctx.sizer.run(sizes.Shape("collateral", *ids.shape, len(flat) + 1), edits, call)
         ctx.store.save(name, clean=loss[0], masked=loss[1:].reshape(*masks.shape[:-2], -1), input_ids=ids,
                        attention_mask=mask, unknown_share=np.float64(unknown / mask.sum()))

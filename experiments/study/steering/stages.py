@@ -25,6 +25,7 @@ from tqdm import tqdm
 import esn_jax
 from configs.study import parse_list
 from esn_jax import collateral, scoring
+from experiments import hosts
 from experiments.study import answers, sizes
 from experiments.study import stages as study
 from experiments.study.steering import score
@@ -128,7 +129,7 @@ def stage_answers(ctx: study.Context, stage: str, names: list[str], intervention
     parts = []
     for i, name in enumerate(tqdm(names, desc=stage)):
         out = f"{stage}/{i:05d}"
-        batch = ctx.store.load(name)
+        batch = ctx.cache.load(name)
         if not ctx.store.has(out):
             embedded = scoring.embed_jitted(ctx.model.module, ctx.model.params, ctx.inputs(batch))
             ids, lengths = ctx.generate(embedded, interventions, ctx.cfg.answer_tokens)
@@ -150,8 +151,8 @@ def stage_damage(ctx: study.Context, name: str, interventions, text: dict) -> np
         v = esn_jax.sweep.num_variants(interventions)
 
         def call(part):
-            return np.asarray(collateral.text_loss(ctx.model.module, ctx.model.params, inputs["input_ids"],
-                                                   inputs["attention_mask"], part))
+            return hosts.to_host(collateral.text_loss(ctx.model.module, ctx.model.params, inputs["input_ids"],
+                                                      inputs["attention_mask"], part))
         loss = ctx.sizer.run(sizes.Shape("collateral", *ids.shape, v), interventions, call).mean(-1)  # [V]
         ctx.store.save(name, damage=loss - loss[0])
     return ctx.store.load(name)["damage"]
@@ -190,8 +191,8 @@ def frame_loss(module, params, tokenizer, texts, question: str, site: str = "gat
     unedited = esn_jax.ablate(np.zeros((1, layers, neurons), bool), site)
     pad = -len(ids) % FRAME_ROWS  # one compiled shape for every call
     ids, mask = np.concatenate([ids, np.repeat(ids[:1], pad, 0)]), np.concatenate([mask, np.repeat(mask[:1], pad, 0)])
-    mean = np.concatenate([np.asarray(collateral.text_loss(module, params, ids[i:i + FRAME_ROWS],
-                                                           mask[i:i + FRAME_ROWS], unedited))[0]
+    mean = np.concatenate([hosts.to_host(collateral.text_loss(module, params, ids[i:i + FRAME_ROWS],
+                                                              mask[i:i + FRAME_ROWS], unedited))[0]
                            for i in range(0, len(ids), FRAME_ROWS)]).astype(np.float64)
     total = mean * (mask.sum(1) - 1)  # summed over each row's predicted tokens
     frame_total = total[0] if len(frame) > 1 else 0.0
