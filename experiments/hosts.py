@@ -25,6 +25,7 @@ import functools
 import hashlib
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -137,7 +138,8 @@ def to_host(x) -> np.ndarray:
 def fault_point(stage: str) -> None:
     """Raises :class:`InjectedFault` when ``ESN_FAULT`` names this process and ``stage``."""
     if os.environ.get(FAULT) == f"{jax.process_index()}:{stage}":
-        raise InjectedFault(f"fault injected into process {jax.process_index()} at stage {stage!r} ({FAULT})")
+        raise InjectedFault(f"fault injected into process {jax.process_index()} at stage {stage!r} ({FAULT}) at unix "
+                            f"time {time.time():.3f}")
 
 
 def exit_at_once(main):

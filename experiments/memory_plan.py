@@ -8,7 +8,9 @@ r"""The memory plan (see :mod:`experiments.memory`): the largest scoring call th
 --here plans for the devices of this machine (the accurate number): the program is compiled for them on the mesh
 of --mesh (default: every device on ``data``), within --memory_budget bytes per device (default: 90% of the first
 device's memory); it prints the backend and, for each model, the largest call clips × variants with the bytes per
-device of it and of one variant more. A budget too small for one variant is an error naming both.
+device of it and of one variant more. A budget too small for one variant is an error naming both. With
+--distributed (or under experiments.launch) every process compiles the group's mesh and measures against its own
+first device (``ports.sharding.local_device``).
 Without --here it prints the table for common GPU and TPU slices, compiled on the CPU backend (8 CPU devices stand in
 for a slice's) with the error margin of that estimate in its heading.
 --model_config: a Hugging Face config.json for the one --model (default: its released config in configs/models,
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from esn_jax import sizing
-from experiments import devices
+from experiments import devices, hosts
 from experiments.memory import (
     REAL_CONFIGS,
     SLICES,
@@ -46,6 +48,7 @@ _HERE = flags.DEFINE_bool("here", False, "Plan for this machine's devices instea
 _BUDGET = flags.DEFINE_float("memory_budget", 0, "With --here: bytes per device (0: 90% of the device's memory).")
 
 
+@hosts.exit_at_once
 def main(argv):
     del argv
     if _MODEL_CONFIG.value and len(_MODELS.value) != 1:

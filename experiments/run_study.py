@@ -8,7 +8,8 @@ selectors at several k → deactivation matrices with matched random controls an
 sweep over α → agnostic Union / Mix / 2-Pass → layer histograms and overlaps → cross-dataset transfer
 (``transfer_dataset=...``). Writes report.md, report.html, the plots, results.json, predictions.npz and
 masks.npz to the workdir. Killed at any point and restarted with the same workdir and config, it resumes
-(see experiments/study/stages.py) and ends with the same results.
+(see experiments/study/stages.py) and ends with the same results. With ``--distributed`` (or under
+``experiments.launch``) every host of a pod runs it as one program (README, "On a pod"; experiments/hosts.py).
 """
 
 from pathlib import Path

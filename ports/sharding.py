@@ -16,6 +16,7 @@ axis does not divide is left unsplit, so the same rules serve tiny test models a
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -95,6 +96,33 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
         x = np.asarray(x)
         axis = "data" if x.ndim and x.shape[0] % mesh.shape["data"] == 0 else None
         return jax.device_put(x, NamedSharding(mesh, P(axis)))
+
+    return {k: put(v) for k, v in batch.items()}
+
+
+def process_rows(mesh: Mesh, batch: int) -> slice:
+    """The rows of a [B, ...] batch split over ``data`` that this process's devices hold (all of them with one
+    process): in a multi-host run each host builds and feeds only those (:func:`shard_process_rows`)."""
+    if jax.process_count() == 1:
+        return slice(0, batch)
+    held = NamedSharding(mesh, P("data")).addressable_devices_indices_map((batch,)).values()
+    spans = sorted({index[0].indices(batch)[:2] for index in held})
+    if any(a[1] != b[0] for a, b in itertools.pairwise(spans)):
+        raise ValueError(f"this process holds rows {spans} of the batch, not one run of rows: order the mesh's "
+                         "devices by process along 'data'")
+    return slice(spans[0][0], spans[-1][1])
+
+
+def shard_process_rows(batch: Mapping[str, Any], mesh: Mesh, rows: slice, size: int) -> dict[str, Any]:
+    """Global arrays over ``data`` from this process's ``rows`` of a batch of ``size`` rows (:func:`process_rows`);
+    an input with k entries per row (e.g. one per 30-s window) holds k · len(rows) of them."""
+    def put(x):
+        x = np.asarray(x)
+        per_row, rest = divmod(x.shape[0], rows.stop - rows.start)
+        if rest:
+            raise ValueError(f"an input of {x.shape[0]} entries for {rows.stop - rows.start} rows: not whole rows")
+        return jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), x,
+                                                      (size * per_row, *x.shape[1:]))
 
     return {k: put(v) for k, v in batch.items()}
 

@@ -123,6 +123,11 @@ class Batches:
         self.examples, self.config, self.dropped = examples, config, 0
 
     def __iter__(self) -> Iterator[Batch]:
+        for group, seconds in self.groups():
+            yield make_batch(group, seconds, self.config)
+
+    def groups(self) -> Iterator[tuple[list[Example], float]]:
+        """Each batch's examples (before padding) and its bucket, in :meth:`__iter__`'s order, without features."""
         cfg = self.config
         pending: dict[float, list[Example]] = {b: [] for b in cfg.buckets}
         longest = cfg.buckets[-1]
@@ -135,11 +140,11 @@ class Batches:
                 bucket, ex = longest, dataclasses.replace(ex, wave=ex.wave[:int(longest * SAMPLE_RATE)])
             pending[bucket].append(ex)
             if len(pending[bucket]) == cfg.batch_size:
-                yield make_batch(pending[bucket], bucket, cfg)
+                yield pending[bucket], bucket
                 pending[bucket] = []
         for bucket, rest in pending.items():
             if rest:
-                yield make_batch(rest, bucket, cfg)
+                yield rest, bucket
 
 
 def make_batch(group: Sequence[Example], seconds: float, config: PipelineConfig) -> Batch:

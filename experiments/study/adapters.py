@@ -191,13 +191,20 @@ def read_items(cfg, model: Model, dataset: str, split: str, max_items: int, seed
                       max_items, seed)
 
 
-def batches(model: Model, examples: Sequence[pipeline.Example], cfg) -> Iterator[dict[str, np.ndarray]]:
-    """Fixed-shape model batches (one prompt length per bucket, so jit compiles once per bucket)."""
+def batches(model: Model, examples: Sequence[pipeline.Example], cfg,
+            rows: slice | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Fixed-shape model batches (one prompt length per bucket, so jit compiles once per bucket): the model inputs
+    of the batch's ``rows`` (default all; a host of a multi-host run featurizes only its own) and every row's
+    ``labels``, ``valid`` and ``ids`` [B]."""
     pcfg = pipeline.PipelineConfig(model=model.name, batch_size=cfg.batch_size,
                                    buckets=parse_list("buckets", cfg.buckets), n_mels=model.n_mels)
-    for batch in pipeline.Batches(examples, pcfg):
-        yield {**prompt_inputs(model, batch), "labels": batch.labels, "valid": batch.valid,
-               "ids": np.array(batch.ids)}
+    rows = rows or slice(0, cfg.batch_size)
+    mine = dataclasses.replace(pcfg, batch_size=rows.stop - rows.start)
+    for group, seconds in pipeline.Batches(examples, pcfg).groups():
+        padded = group + [group[-1]] * (cfg.batch_size - len(group))  # as pipeline.make_batch pads
+        batch = pipeline.make_batch(padded[rows], seconds, mine)
+        yield {**prompt_inputs(model, batch), "labels": np.array([ex.label for ex in padded], np.int32),
+               "valid": np.arange(cfg.batch_size) < len(group), "ids": np.array([ex.id for ex in padded])}
 
 
 def _prompt(model: Model, n_audio: int) -> str:
@@ -281,7 +288,7 @@ def _speech_codes(module, params, features, mask):
     return module.apply({"params": params}, features, mask)
 
 
-MODEL_INPUTS_EXCLUDED = ("labels", "valid", "ids")
+MODEL_INPUTS_EXCLUDED = ("labels", "valid", "ids")  # every row's, where the inputs may be one host's rows
 
 
 def model_inputs(batch: dict) -> dict:

@@ -7,7 +7,9 @@ sensitivity to float noise tested. Stages (``tag`` is ``A`` for the main dataset
 
   sizing.json                           the sizer's choices (experiments/study/sizes.py): the batch size with
                                         batch_size=auto, and every call shape's variant chunk and bytes
-  batches/<tag>_<split>_p<p>/NNNNN.npz  model inputs of each batch (prompts + features), labels, valid, ids
+  batches/<tag>_<split>_p<p>/NNNNN.npz  model inputs of each batch (prompts + features), labels, valid, ids: in a
+                                        multi-host run each process's cache of its own rows (process i > 0's under
+                                        host_<i>/); every other file is process 0's (Store)
   clean/<tag>/p<p>/NNNNN.npz            clean label log-probs [B, E]
   stats/<tag>_p<p>.npz                  success-filtered identification statistics + gradient attribution,
                                         saved after every batch together with the next batch to read
@@ -153,10 +155,23 @@ class Context:
         self.questions = adapters.questions(model, self.prompts)
         self.num_emotions = len(model.labels)
 
+    @property
+    def rows(self) -> slice:
+        """The rows of every batch that this process builds and feeds (all of them with one process)."""
+        size = self.cfg.batch_size
+        return sharding.process_rows(self.mesh, size) if self.mesh is not None else slice(0, size)
+
     def inputs(self, batch: dict) -> dict:
-        """The port's kwargs of a batch, sharded over the mesh's data axis when there is a mesh."""
+        """The port's kwargs of a cached batch (this process's rows of it), sharded over the mesh's data axis when
+        there is a mesh."""
         kw = adapters.model_inputs(batch)
-        return sharding.shard_batch(kw, self.mesh) if self.mesh is not None else kw
+        if hosts.multi():
+            return sharding.shard_process_rows(kw, self.mesh, self.rows, len(batch["valid"]))
+        return self.place(kw)
+
+    def place(self, arrays: dict) -> dict:
+        """Arrays [B, ...] that every process holds whole, sharded over the mesh's data axis when there is a mesh."""
+        return sharding.shard_batch(arrays, self.mesh) if self.mesh is not None else arrays
 
     def score(self, batch: dict, interventions) -> dict[str, np.ndarray]:
         """Label log-probs ``logp`` [V, B, E] under V stacked interventions, and what each costs at the answer
@@ -229,19 +244,22 @@ def stage_batch_size(ctx: Context, splits: list[tuple[str, str, int]], questions
 
 def stage_batches(ctx: Context, tag: str, dataset: str, split: str, max_items: int,
                   questions: tuple[str, ...] | None = None) -> list[list[str]]:
-    """Writes the split's model batches once per prompt (the same items in the same order under every prompt);
-    returns their store names [P][batches]. questions: other questions than the study's prompts', one per P."""
+    """Writes the split's model batches once per prompt (the same items in the same order under every prompt) into
+    this process's cache (its rows of each batch: :attr:`Context.rows`); returns their names [P][batches].
+    questions: other questions than the study's prompts', one per P."""
     questions = ctx.questions if questions is None else questions
     names = [f"batches/{tag}_{split}_p{p}" for p in range(len(questions))]
-    todo = [p for p, name in enumerate(names) if not ctx.cache.has(name + "/done")]
+    rows = ctx.rows.start, ctx.rows.stop
+    todo = [p for p, name in enumerate(names) if not ctx.cache.has(name + "/done")
+            or np.asarray(ctx.cache.load(name + "/done").get("rows", ())).tolist() != [*rows]]
     items = adapters.read_items(ctx.cfg, ctx.model, dataset, split, max_items, ctx.cfg.seed) if todo else []
-    for p in todo:  # a resumed run recomputes the features of the batches it already saved, and skips the writes
+    for p in todo:  # all of a prompt's batches, whatever an interrupted run (of any group) left
         model = dataclasses.replace(ctx.model, question=questions[p])
-        for i, batch in enumerate(tqdm(adapters.batches(model, items, ctx.cfg), desc=f"features {tag}/{split}/p{p}",
+        for i, batch in enumerate(tqdm(adapters.batches(model, items, ctx.cfg, slice(*rows)),
+                                       desc=f"features {tag}/{split}/p{p}",
                                        total=-(-len(items) // ctx.cfg.batch_size))):
-            if not ctx.cache.has(f"{names[p]}/{i:05d}"):
-                ctx.cache.save(f"{names[p]}/{i:05d}", **batch)
-        ctx.cache.save(names[p] + "/done", count=np.int64(i + 1))
+            ctx.cache.save(f"{names[p]}/{i:05d}", **batch)
+        ctx.cache.save(names[p] + "/done", count=np.int64(i + 1), rows=np.array(rows, np.int64))
     counts = [int(ctx.cache.load(name + "/done")["count"]) for name in names]
     out = [[f"{name}/{i:05d}" for i in range(count)] for name, count in zip(names, counts, strict=True)]
     if hosts.multi():  # every host must run the same steps on the same items (each batch's ids, labels, valid rows)
@@ -504,7 +522,7 @@ def stage_collateral(ctx: Context, masks: np.ndarray) -> dict[str, np.ndarray]:
         flat = masks.reshape(-1, *masks.shape[-2:])
         # Variant 0 is the unedited model (an empty mask): clean and masked losses come from one compiled call.
         edits = esn_jax.ablate(np.concatenate([np.zeros_like(flat[:1]), flat]), ctx.cfg.site)
-        inputs = ctx.inputs({"input_ids": ids, "attention_mask": mask})
+        inputs = ctx.place({"input_ids": ids, "attention_mask": mask})
 
         def call(part):
             return hosts.to_host(collateral.text_loss(ctx.model.module, ctx.model.params, inputs["input_ids"],

@@ -147,7 +147,7 @@ def stage_damage(ctx: study.Context, name: str, interventions, text: dict) -> np
     text: :func:`experiments.study.stages.stage_collateral`'s output (the prompts' tokens)."""
     if not ctx.store.has(name):
         ids, mask = text["input_ids"], text["attention_mask"]
-        inputs = ctx.inputs({"input_ids": ids, "attention_mask": mask})
+        inputs = ctx.place({"input_ids": ids, "attention_mask": mask})
         v = esn_jax.sweep.num_variants(interventions)
 
         def call(part):
