@@ -48,6 +48,7 @@ class _Timer:
         start = time.perf_counter()
         yield
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+        hosts.barrier(f"after {stage}")  # the stage's files are written before any process goes on
 
 
 def run(cfg, workdir, mesh=None) -> dict:
@@ -145,7 +146,6 @@ def run(cfg, workdir, mesh=None) -> dict:
             report.write(workdir, r)
     if hosts.is_writer():
         stages.write_atomically(workdir / "timings.json", (json.dumps(timer.seconds, indent=1) + "\n").encode())
-    hosts.barrier("study written")  # no process ends before the report is in place
     print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timer.seconds.items()))
     print(report.compute(r["sizing"]))  # the choices are logged at INFO, which the script's verbosity hides
     return r

@@ -121,6 +121,27 @@ def test_here_on_this_machine_prints_the_largest_call(tmp_path):
     assert f"3 variants need {three} bytes" in run.stdout
 
 
+def test_here_in_a_process_group_plans_the_group_mesh(tmp_path):
+    """Under the launcher (2 processes × 2 CPU devices) each process compiles the group's data:4 mesh and prints the
+    plan measured here for one process's data:4 mesh."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY.to_hf()))
+    length = memory_plan.sequence_length("qwen2", 1.0)
+    mesh = sharding.make_mesh(data=4)
+    two, three = (direct_bytes(TINY, jnp.dtype(jnp.bfloat16), mesh, 2, length, n, 7) for n in (2, 3))
+    run = subprocess.run([sys.executable, "-m", "experiments.launch", "--processes=2", "--devices_per_process=2",
+                          f"--logs={tmp_path / 'logs'}", "--timeout=300", "--", sys.executable, "-m",
+                          "experiments.memory_plan", "--here", "--model=qwen2", f"--model_config={config}",
+                          "--clip_seconds=1", "--clips=2", "--max_variants=4", f"--memory_budget={(two + three) // 2}"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    for i in range(2):
+        log = (tmp_path / "logs" / f"process_{i}.log").read_text()
+        assert "mesh data:4" in log, log
+        assert re.search(rf"^qwen2: 2 clips × 2 variants = 4 sequences of {length} tokens per call; {two} bytes",
+                         log, re.M), log
+
+
 def test_plan_of_a_real_model():
     """The table's rows of Qwen2.5-Omni 7B (compiled on the CPU, a chunk of at most one variant tried)."""
     slices = (memory_plan.Slice("one 80 GB", 1, 80e9), memory_plan.Slice("eight 16 GiB", 8, 16 * 2**30))
