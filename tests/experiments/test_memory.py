@@ -104,16 +104,24 @@ def test_a_budget_too_small_for_one_sequence_is_named():
         memory_plan.plan_here("qwen2", TINY, mesh, 1000, 1, 24, jnp.float32, 4, upper=8)
 
 
-def test_here_on_this_machine_prints_the_largest_call(tmp_path):
-    """The script on its own process's one CPU device, bfloat16, 1-s clips, 2 clips per call."""
+def here_command(tmp_path, data: int) -> tuple[list[str], int, int, int]:
+    """``memory_plan --here`` on TINY (bfloat16, 1-s clips, 2 clips per data shard, at most 4 variants) with a budget
+    between the bytes of 2 and of 3 variants, measured here on a data:``data`` mesh -> (arguments, prompt length,
+    bytes of 2 variants, of 3)."""
     config = tmp_path / "config.json"
     config.write_text(json.dumps(TINY.to_hf()))
     length = memory_plan.sequence_length("qwen2", 1.0)
-    mesh = sharding.make_mesh(data=1)
+    mesh = sharding.make_mesh(data=data)
     two, three = (direct_bytes(TINY, jnp.dtype(jnp.bfloat16), mesh, 2, length, n, 7) for n in (2, 3))
-    run = subprocess.run([sys.executable, "-m", "experiments.memory_plan", "--here", "--model=qwen2",
-                          f"--model_config={config}", "--clip_seconds=1", "--clips=2", "--max_variants=4",
-                          f"--memory_budget={(two + three) // 2}"], capture_output=True, text=True, cwd=ROOT)
+    return ([sys.executable, "-m", "experiments.memory_plan", "--here", "--model=qwen2", f"--model_config={config}",
+             "--clip_seconds=1", "--clips=2", "--max_variants=4", f"--memory_budget={(two + three) // 2}"],
+            length, two, three)
+
+
+def test_here_on_this_machine_prints_the_largest_call(tmp_path):
+    """The script on its own process's one CPU device."""
+    command, length, two, three = here_command(tmp_path, 1)
+    run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert "compiled for cpu" in run.stdout
     assert re.search(rf"^qwen2: 2 clips × 2 variants = 4 sequences of {length} tokens per call; {two} bytes",
@@ -124,22 +132,17 @@ def test_here_on_this_machine_prints_the_largest_call(tmp_path):
 def test_here_in_a_process_group_plans_the_group_mesh(tmp_path):
     """Under the launcher (2 processes × 2 CPU devices) each process compiles the group's data:4 mesh and prints the
     plan measured here for one process's data:4 mesh."""
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps(TINY.to_hf()))
-    length = memory_plan.sequence_length("qwen2", 1.0)
-    mesh = sharding.make_mesh(data=4)
-    two, three = (direct_bytes(TINY, jnp.dtype(jnp.bfloat16), mesh, 2, length, n, 7) for n in (2, 3))
+    command, length, two, three = here_command(tmp_path, 4)
     run = subprocess.run([sys.executable, "-m", "experiments.launch", "--processes=2", "--devices_per_process=2",
-                          f"--logs={tmp_path / 'logs'}", "--timeout=300", "--", sys.executable, "-m",
-                          "experiments.memory_plan", "--here", "--model=qwen2", f"--model_config={config}",
-                          "--clip_seconds=1", "--clips=2", "--max_variants=4", f"--memory_budget={(two + three) // 2}"],
+                          f"--logs={tmp_path / 'logs'}", "--timeout=300", "--", *command],
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     for i in range(2):
         log = (tmp_path / "logs" / f"process_{i}.log").read_text()
         assert "mesh data:4" in log, log
-        assert re.search(rf"^qwen2: 2 clips × 2 variants = 4 sequences of {length} tokens per call; {two} bytes",
+        assert re.search(rf"^qwen2: 8 clips × 2 variants = 16 sequences of {length} tokens per call; {two} bytes",
                          log, re.M), log
+        assert f"3 variants need {three} bytes" in log
 
 
 def test_plan_of_a_real_model():
