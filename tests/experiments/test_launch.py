@@ -153,9 +153,9 @@ def test_fault_in_one_process_ends_the_group(config, tmp_path):
 # ---------------------------------------------------------------- the launcher on small commands
 
 
-def run_launch(tmp_path, code: str, processes=2, timeout=60.0, **kw) -> tuple[int, float, Path]:
+def run_launch(tmp_path, code: str, processes=2, timeout=60.0, devices=1, **kw) -> tuple[int, float, Path]:
     start = time.monotonic()
-    got = launch.launch([sys.executable, "-c", code], processes, 1, timeout, tmp_path / "logs", **kw)
+    got = launch.launch([sys.executable, "-c", code], processes, devices, timeout, tmp_path / "logs", **kw)
     return got, time.monotonic() - start, tmp_path / "logs"
 
 
@@ -187,3 +187,38 @@ def test_group_of_another_shape_than_asked_is_refused():
         hosts.check(num_processes=2)
     with pytest.raises(RuntimeError, match="local devices, not the 3 asked"):
         hosts.check(local_devices=3)
+
+
+GROUP_SCRIPT = """
+import sys
+import numpy as np
+from experiments import hosts
+hosts.initialize()
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ports import sharding
+
+@hosts.exit_at_once
+def main():
+    me = jax.process_index()
+    data = np.random.default_rng(0).bytes(1 << 20)
+    assert hosts.broadcast_bytes(data if me == 0 else None) == data
+    assert hosts.broadcast_flag(me == 0) is True
+    mesh = sharding.make_mesh(data=jax.device_count())
+    rows = sharding.process_rows(mesh, 8)
+    x = sharding.shard_process_rows({"x": np.arange(8)[rows]}, mesh, rows, 8)["x"]
+    assert hosts.to_host(x).tolist() == list(range(8)), hosts.to_host(x)
+    hosts.agree("the same list", b"abc")
+    hosts.agree("a list", b"abc" if me != 1 else b"abd")
+main()
+"""
+
+
+def test_group_steps_and_a_disagreement(tmp_path, monkeypatch):
+    """Broadcast, gather and the rows of a batch in a real group of 2 × 2; a work list that differs on one process
+    stops the group with an error naming it."""
+    monkeypatch.chdir(ROOT)  # the processes import the project from there
+    got, _, logs = run_launch(tmp_path, GROUP_SCRIPT, devices=2)
+    assert got == 1
+    text = "".join((logs / f"process_{i}.log").read_text() for i in range(2))
+    assert "a list: processes [1] built a different one than process 0" in text and "the same list" not in text
