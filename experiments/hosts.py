@@ -48,9 +48,9 @@ def initialize(coordinator: str = "", num_processes: int = 0, process_id: int = 
 
     Raises RuntimeError naming what differs: running on as one process of a pod would write wrong results."""
     coordinator = coordinator or os.environ.get(COORDINATOR, "")
-    num_processes = num_processes or int(os.environ.get(NUM_PROCESSES, 0))
-    process_id = process_id if process_id >= 0 else int(os.environ.get(PROCESS_ID, -1))
-    local_devices = local_devices or int(os.environ.get(LOCAL_DEVICES, 0))
+    num_processes = num_processes or _env_int(NUM_PROCESSES, 0)
+    process_id = process_id if process_id >= 0 else _env_int(PROCESS_ID, -1)
+    local_devices = local_devices or _env_int(LOCAL_DEVICES, 0)
     if local_devices:
         jax.config.update("jax_num_cpu_devices", local_devices)  # the CPU backend only; accelerators have their own
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
@@ -61,8 +61,22 @@ def initialize(coordinator: str = "", num_processes: int = 0, process_id: int = 
         kwargs["num_processes"] = num_processes
     if process_id >= 0:
         kwargs["process_id"] = process_id
-    jax.distributed.initialize(**kwargs)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except ValueError as err:  # e.g. nothing given and no cluster detected
+        err.add_note(f"--distributed: give --coordinator_address, --num_processes and --process_id (or {COORDINATOR}, "
+                     f"{NUM_PROCESSES}, {PROCESS_ID}) where JAX detects no cluster")
+        raise
     check(num_processes, local_devices)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    if not value.lstrip("-").isdigit():
+        raise ValueError(f"{name}={value!r}: expected an integer")
+    return int(value)
 
 
 def check(num_processes: int = 0, local_devices: int = 0) -> None:
