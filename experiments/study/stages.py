@@ -119,7 +119,7 @@ class Store(HostCache):
         return json.loads(hosts.broadcast_bytes(path.read_bytes() if hosts.is_writer() else None))
 
     def cache(self) -> HostCache:
-        """This process's cache of model inputs (``batches/``, the same on every host): process 0's is in the run
+        """This process's cache of model inputs (``batches/``: its rows of every batch): process 0's is in the run
         directory, another's in a folder of its own, ``host_<i>``, since no process reads a file another wrote."""
         return HostCache(self.root if hosts.is_writer() else self.root / f"host_{jax.process_index()}")
 
