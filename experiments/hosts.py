@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import socket
 import sys
 import time
 import traceback
@@ -139,6 +140,19 @@ def agree(what: str, payload: bytes) -> None:
     differ = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
     if differ:
         raise RuntimeError(f"{what}: processes {differ} built a different one than process 0")
+
+
+def machine_devices(mesh=None) -> int:
+    """How many devices of ``mesh`` (None: the one device an unsharded run uses) sit on this machine, counting every
+    process that shares it (by host name): on the CPU backend they all draw on its memory."""
+    if mesh is None:
+        return 1
+    mine = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+    if not multi():
+        return mine
+    name = np.frombuffer(hashlib.sha256(socket.gethostname().encode()).digest(), np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(np.concatenate([name, [mine]]).astype(np.int32)))
+    return int(every[(every[:, :-1] == name).all(1), -1].sum())
 
 
 def to_host(x) -> np.ndarray:

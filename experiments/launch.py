@@ -74,7 +74,7 @@ def launch(command: list[str], processes: int, devices: int, timeout: float, log
             codes = [p.poll() for p in procs]
             failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
             if failed:
-                code = codes[failed[0]]
+                code = codes[failed[0]] if codes[failed[0]] > 0 else 128 - codes[failed[0]]  # killed: 128 + signal
                 print(f"process {failed[0]} exited with {code}; stopping the others. End of its log:\n"
                       + _tail(log_dir / f"process_{failed[0]}.log"), file=sys.stderr)
             elif all(c == 0 for c in codes):

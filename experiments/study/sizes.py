@@ -1,7 +1,8 @@
 """How large the study's compiled calls are: the variant chunk of every sweep and, with ``batch_size=auto``, the
 batch, chosen per device from XLA's memory analysis of the compiled programs (:mod:`esn_jax.sizing`: compile-only,
 nothing is allocated) under ``memory_budget`` (bytes per device; 0: :data:`esn_jax.sizing.HEADROOM` of the
-device's memory), and guarded while the study runs.
+device's memory; on the CPU backend, of the machine's divided among the mesh's devices on it, over every process
+there), and guarded while the study runs.
 
 - ``variant_chunk=auto`` (the default): per call shape (program, B rows, T tokens, V variants) the largest chunk
   C ≤ V whose program fits the budget (V first: one compile when everything fits, else a bisection), then evened
@@ -49,6 +50,7 @@ from configs.study import parse_list, size
 from esn_jax import collateral, sizing
 from esn_jax.data import pipeline
 from esn_jax.stats import model_dims
+from experiments import hosts
 from experiments.study import adapters
 from ports import sharding
 
@@ -102,6 +104,8 @@ class Sizer:
         self.layers, self.neurons = model_dims(model.params)
         self.device = sharding.local_device(mesh) if mesh is not None else jax.devices()[0]
         self.budget = sizing.budget(memory_budget, self.device)
+        if memory_budget <= 0 and self.device.platform == "cpu":  # its devices (and processes) share the memory
+            self.budget //= hosts.machine_devices(mesh)
         self.requested = size(variant_chunk, "variant_chunk")  # None: auto
         self.data = mesh.shape["data"] if mesh is not None else 1
         self.record = {"programs": {}, **(record or {})}

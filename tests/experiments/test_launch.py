@@ -208,6 +208,7 @@ def main():
     rows = sharding.process_rows(mesh, 8)
     x = sharding.shard_process_rows({"x": np.arange(8)[rows]}, mesh, rows, 8)["x"]
     assert hosts.to_host(x).tolist() == list(range(8)), hosts.to_host(x)
+    assert (hosts.machine_devices(mesh), hosts.machine_devices()) == (4, 1)  # both processes on this machine
     hosts.agree("the same list", b"abc")
     hosts.agree("a list", b"abc" if me != 1 else b"abd")
 main()
