@@ -6,8 +6,9 @@ r"""A pod on one machine: starts N copies of a command as one JAX process group 
 Each copy gets the environment that makes the project's scripts join the group (:mod:`experiments.hosts`: the
 coordinator on 127.0.0.1 at a free port, the process count, its index, M CPU devices, CPU collectives over gloo),
 so the command runs unchanged. Every process writes its own log, DIR/process_<i>.log. When one process exits
-non-zero, the others are killed and the launcher exits with its code (after printing the end of its log); when
-``--timeout`` seconds pass first, all are killed and it exits 124. It exits 0 only when every process did.
+non-zero, the others are killed and the launcher exits with its code (128 + the signal for a killed one; after printing
+the end of its log); when ``--timeout`` seconds pass first, all are killed and it exits 124; stopped itself (Ctrl-C,
+SIGTERM), it kills them all. It exits 0 only when every process did.
 
 Test modes: ``--private_scratch`` gives each process but 0 a private directory for its files (``ESN_SCRATCH``), so
 that a run can show no host reads what another wrote; ``--vary_hash_seed`` gives each process its own
@@ -102,6 +103,7 @@ def main(argv):
     command = argv[1:]
     if not command:
         raise app.UsageError("give the command after --, e.g. -- python -m experiments.run_study --workdir=W")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # so that the group is stopped too
     log_dir = Path(_LOG_DIR.value) if _LOG_DIR.value else Path(tempfile.mkdtemp(prefix="launch-"))
     print(f"{_PROCESSES.value} processes × {_DEVICES.value} devices; logs in {log_dir}", flush=True)
     code = launch(command, _PROCESSES.value, _DEVICES.value, _TIMEOUT.value, log_dir, _PRIVATE.value,

@@ -6,6 +6,7 @@ one device (equal up to float reduction order); the launcher's own behaviour is 
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -223,3 +224,21 @@ def test_group_steps_and_a_disagreement(tmp_path, monkeypatch):
     assert got == 1
     text = "".join((logs / f"process_{i}.log").read_text() for i in range(2))
     assert "a list: processes [1] built a different one than process 0" in text and "the same list" not in text
+
+
+def test_launcher_stopped_stops_the_group(tmp_path):
+    code = "import os, time; print(os.getpid(), flush=True); time.sleep(600)"
+    logs = tmp_path / "logs"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.launch", "--processes=2", f"--logs={logs}", "--",
+                             sys.executable, "-c", code], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not all((logs / f"process_{i}.log").exists() and (logs / f"process_{i}.log").read_text().strip()
+                  for i in range(2)):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    pids = [int((logs / f"process_{i}.log").read_text().split()[0]) for i in range(2)]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=FAULT_STOP_SECONDS) == 128 + signal.SIGTERM
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
