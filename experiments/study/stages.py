@@ -263,8 +263,8 @@ def stage_batches(ctx: Context, tag: str, dataset: str, split: str, max_items: i
     counts = [int(ctx.cache.load(name + "/done")["count"]) for name in names]
     out = [[f"{name}/{i:05d}" for i in range(count)] for name, count in zip(names, counts, strict=True)]
     if hosts.multi():  # every host must run the same steps on the same items (each batch's ids, labels, valid rows)
-        hosts.agree(f"the batches of {tag}/{split}", b"".join(
-            ctx.cache.load(n)[k].tobytes() for part in out for n in part for k in ("ids", "labels", "valid")))
+        hosts.agree(f"the batches of {tag}/{split}", b"".join(  # npz members are read one by one: not the features
+            np.load(ctx.cache.path(n))[k].tobytes() for part in out for n in part for k in ("ids", "labels", "valid")))
     return out
 
 
