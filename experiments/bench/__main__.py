@@ -18,12 +18,14 @@ from experiments.bench import (
     study_af3,
     study_mini,
     sweep,
+    table,
 )
 
 DEFAULT = ["sweep", "gemm", "equal_work", "study", "study_mini", "memory", "generate"]
 COMPARISONS = (*DEFAULT, "peak", "study_af3", "stats", "attribution")  # peak: gemm's former name
-RATIOS = ("ratio_equal_work", "ratio_study", "peak_fraction", "capture_memory_ratio", "ratio_study_mini",
-          "ratio_generate", "ratio_equal_work_batched", "ratio_study_af3", "ratio_study_af3_encoder_once")
+RATIOS = ("ratio_sweep", "ratio_equal_work", "ratio_study", "peak_fraction", "capture_memory_ratio",
+          "ratio_study_mini", "ratio_generate", "ratio_equal_work_batched", "ratio_study_af3",
+          "ratio_study_af3_encoder_once", "ratio_study_mini_encoder_once", "ratio_generate_careful")
 
 _SHAPE = flags.DEFINE_enum("shape", "0.5b", shapes.SHAPES, "models and default sizes of gemm, equal_work, "
                            "study_af3, stats and attribution (experiments/bench/shapes.py)")
@@ -47,6 +49,8 @@ _GENERATE_CLIPS = flags.DEFINE_integer("generate_clips", 8, "clips of the mini-L
 _GENERATE_VARIANTS = flags.DEFINE_integer("generate_variants", 8, "interventions of the generation comparison")
 _GENERATE_TOKENS = flags.DEFINE_integer("generate_tokens", 16, "new tokens per row in the generation comparison")
 _COMPARISONS = flags.DEFINE_list("comparisons", DEFAULT, f"which comparisons to run, of {', '.join(COMPARISONS)}")
+_MARKDOWN = flags.DEFINE_string("markdown", None, "also write this invocation's headline table (Markdown) to this "
+                                "path; runs gemm too, for the machine's GEMM peaks")
 flags.register_validator("comparisons", lambda names: set(names) <= set(COMPARISONS),
                          f"--comparisons takes names of {COMPARISONS}")
 
@@ -62,26 +66,31 @@ def main(argv):
         return
     if _DTYPE.value == "float32":  # full float32 products on both sides (XLA would use TF32 on GPUs, torch does not)
         jax.config.update("jax_default_matmul_precision", "highest")
-    run = set(_COMPARISONS.value) | ({"gemm"} if "peak" in _COMPARISONS.value else set())
+    run = set(_COMPARISONS.value) | ({"gemm"} if "peak" in _COMPARISONS.value or _MARKDOWN.value else set())
     shape, dtype, repeats, chunk = shapes.shape(_SHAPE.value), _DTYPE.value, _REPEATS.value, _CHUNK.value
     clips, variants = _CLIPS.value or shape.clips, _VARIANTS.value or shape.variants
     length = _LENGTH.value or shape.length
-    ratios = {}
-    print(f"machine: {jax.devices()[0].platform} ({jax.devices()[0].device_kind}), jax {jax.__version__}, torch on "
-          f"{common.torch_device()}; shape {shape.name}, {dtype}")
+    ratios, rows, peaks = {}, [], ""
+    device = f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind})"
+    print(f"machine: {device}, jax {jax.__version__}, torch on {common.torch_device()}; shape {shape.name}, {dtype}")
 
     def show(lines):
         print("\n".join(lines), flush=True)
 
     if "sweep" in run:
-        show(sweep.describe(*sweep.run(repeats)))
+        fast, loop = sweep.run(repeats)
+        show(sweep.describe(fast, loop))
+        rows.extend(sweep.rows(fast, loop))
+        ratios["ratio_sweep"] = fast / loop
     if "gemm" in run or "equal_work" in run:
         rates = gemm.rates(shape.gemm_sizes, dtype, repeats)
-        show(gemm.describe(rates, shape.gemm_sizes, dtype))
+        (peaks,) = gemm.describe(rates, shape.gemm_sizes, dtype)
+        show([peaks])
         peak = max(rates.values())
     if "equal_work" in run:
         work = equal_work.run(shape, dtype, clips, variants, length, chunk, _TORCH_BATCH.value, repeats)
         show(equal_work.describe(work, peak))
+        rows.extend(equal_work.rows(work, peak))
         ratios["ratio_equal_work"] = work["theirs_s"] / work["ours_s"]
         ratios["ratio_equal_work_batched"] = work["batched_s"] / work["ours_s"]
         ratios["peak_fraction"] = work["flops"] / work["ours_s"] / peak
@@ -89,15 +98,19 @@ def main(argv):
     if "study" in run:
         result = study.run(chunk, repeats)
         show(study.describe(result))
+        rows.extend(study.rows(result))
         ratios["ratio_study"] = result["theirs_s"] / result["ours_s"]
     if "study_mini" in run:
         mini = study_mini.run(_STUDY_CLIPS.value, _STUDY_MASKS.value, chunk, repeats, _MINI_LALM.value)
         show(study_mini.describe(mini))
+        rows.extend(study_mini.rows(mini))
         ratios["ratio_study_mini"] = mini["theirs_s"] / mini["ours_s"]
+        ratios["ratio_study_mini_encoder_once"] = mini["theirs_encoder_once_s"] / mini["ours_s"]
     if "memory" in run:
         counts = [int(c) for c in _MEMORY_CLIPS.value]
         mem = capture_memory.measure(counts, memory_length)
         show(capture_memory.describe(mem, counts, memory_length))
+        rows.extend(capture_memory.rows(mem, counts, memory_length))
         largest = max(counts)
         ratios["capture_memory_ratio"] = mem[("cache", largest)] / max(mem[("streaming", largest)], 1)
     if "generate" in run:
@@ -105,23 +118,32 @@ def main(argv):
         gen = generate.compare(module, params, hf, inputs, prompt, variants=_GENERATE_VARIANTS.value,
                                tokens=_GENERATE_TOKENS.value, repeats=repeats, chunk_size=chunk)
         show(generate.describe(gen))
+        rows.extend(generate.rows(gen))
         ratios["ratio_generate"] = gen["theirs_s"] / gen["ours_s"]
+        ratios["ratio_generate_careful"] = gen["careful_s"] / gen["ours_s"]
     if "study_af3" in run:
         af3 = study_af3.run(shape, dtype, clips, variants, chunk, repeats)
         show(study_af3.describe(af3))
+        rows.extend(study_af3.rows(af3))
         ratios["ratio_study_af3"] = af3["theirs_s"] / af3["ours_s"]
         ratios["ratio_study_af3_encoder_once"] = af3["encoder_once_s"] / af3["ours_s"]
         common.free_torch()
     if "stats" in run or "attribution" in run:
         module, params = common.random_model(shape.decoder, dtype)
         if "stats" in run:
-            show(stats.describe(stats.run(shape, module, params, clips, length, repeats)))
+            result = stats.run(shape, module, params, clips, length, repeats)
+            show(stats.describe(result))
+            rows.extend(stats.rows(result))
         if "attribution" in run:
             attribution_clips = _ATTRIBUTION_CLIPS.value or shape.attribution_clips
-            show(attribution.describe(attribution.run(shape, module, params, attribution_clips, length, repeats)))
+            result = attribution.run(shape, module, params, attribution_clips, length, repeats)
+            show(attribution.describe(result))
+            rows.extend(attribution.rows(result))
     for name in RATIOS:
         if name in ratios:
-            print(f"{name}={ratios[name]:.3f}")
+            print(table.ratio_line(name, ratios[name]))
+    if _MARKDOWN.value:
+        table.write(_MARKDOWN.value, table.markdown(rows, ratios, peaks, device, common.torch_device()))
 
 
 if __name__ == "__main__":

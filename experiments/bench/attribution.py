@@ -10,6 +10,7 @@ import numpy as np
 import esn_jax
 from experiments.bench import common
 from experiments.bench.shapes import Shape
+from experiments.bench.table import Row
 
 
 def run(shape: Shape, module, params, clips: int, length: int, repeats: int) -> dict:
@@ -30,3 +31,8 @@ def run(shape: Shape, module, params, clips: int, length: int, repeats: int) -> 
 def describe(r: dict) -> list[str]:
     return [f"gradient attribution, {r['clips']} × {r['length']} tokens (esn_jax.attribution, one call): "
             f"{r['seconds']:.3f} s; {r['items']} items, gradients {'finite' if r['finite'] else 'NOT finite'}"]
+
+
+def rows(r: dict) -> list[Row]:
+    return [Row(f"gradient attribution, {r['clips']} × {r['length']} tokens, one esn_jax.attribution call",
+                f"{r['seconds']:.3f} s", "none (ours only)", "")]

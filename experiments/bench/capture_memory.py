@@ -21,6 +21,7 @@ import numpy as np
 import esn_jax
 from experiments.bench import common
 from experiments.bench.shapes import LABELS, QWEN2_5_0_5B
+from experiments.bench.table import Row
 
 BATCH = 4  # clips per capture step
 
@@ -105,3 +106,11 @@ def describe(mem: dict, clip_counts, length: int) -> list[str]:
     return [f"statistics capture, peak RSS growth (T={length}):"] + [
         f"  {clips:4d} clips: streamed {mem[('streaming', clips)] / 2**20:8.1f} MiB, "
         f"full cache {mem[('cache', clips)] / 2**20:8.1f} MiB" for clips in clip_counts]
+
+
+def rows(mem: dict, clip_counts, length: int) -> list[Row]:
+    largest = max(clip_counts)
+    return [Row(f"statistics capture, peak RSS growth, {clips} clips × {length} tokens",
+                f"{mem[('streaming', clips)] / 2**20:.1f} MiB", "naive: a full activation cache, then statistics",
+                f"{mem[('cache', clips)] / 2**20:.1f} MiB", "capture_memory_ratio" if clips == largest else None)
+            for clips in clip_counts]

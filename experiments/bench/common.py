@@ -152,6 +152,19 @@ def twin(model: str, config, dtype: str = "float32", seed: int = 0):
     return s.build(config, jnp.dtype(dtype)), jax.device_put(params), hf
 
 
+def audio_in_embeds(hf, input_ids, input_features, input_features_mask):
+    """What a careful transformers user computes once per clip for Audio Flamingo 3: the encoder's output written over
+    the audio placeholders' token embeddings -> inputs_embeds [B, T, H], for ``inputs_embeds=`` calls.
+
+    input_ids [B, T] (torch long); input_features [B, M, F] and input_features_mask [B, F]: whole 30-s windows. The
+    audio encoder has no down_proj, so :func:`scaled_down_proj` leaves this the same under every intervention.
+    """
+    audio = hf.get_audio_features(input_features, input_features_mask).pooler_output  # [audio tokens, H]
+    embeds = hf.get_input_embeddings()(input_ids)
+    embeds[input_ids == hf.config.audio_token_id] = audio.to(embeds.dtype)
+    return embeds
+
+
 @contextlib.contextmanager
 def scaled_down_proj(model, scale=None):
     """transformers' ``model`` with every decoder layer's ``mlp.down_proj`` input multiplied by ``scale[layer]``

@@ -18,6 +18,7 @@ import numpy as np
 import esn_jax
 from experiments.bench import common
 from experiments.bench.shapes import Shape
+from experiments.bench.table import Row
 
 
 def run(shape: Shape, dtype: str, clips: int, variants: int, length: int, chunk_size: int, torch_batch: int,
@@ -81,7 +82,7 @@ def describe(r: dict, peak: float) -> list[str]:
     flops = r["flops"]
 
     def side(seconds):
-        return f"{seconds:.3f} s, {common.rate(flops / seconds)}, {flops / seconds / peak:.2f} of the GEMM peak"
+        return _side(r, seconds, peak)
 
     return [
         f"equal work, {r['shape']} shape, {r['dtype']}, N={r['clips']} clips × V={r['variants']} masks × "
@@ -93,3 +94,20 @@ def describe(r: dict, peak: float) -> list[str]:
         f"{r['max_logp_diff']:.1e}), {r['prediction_agreement_batched']:.3f} batched (max |dlogp| "
         f"{r['max_logp_diff_batched']:.1e})",
     ]
+
+
+def _side(r: dict, seconds: float, peak: float) -> str:
+    flops = r["flops"]
+    return f"{seconds:.3f} s, {common.rate(flops / seconds)}, {flops / seconds / peak:.2f} of the GEMM peak"
+
+
+def rows(r: dict, peak: float) -> list[Row]:
+    what = (f"equal work, {r['shape']} shape, {r['dtype']}, {r['clips']} clips × {r['variants']} masks × {r['length']} "
+            f"tokens ({r['flops'] / 1e12:.2f} TFLOP), random weights")
+    ours = _side(r, r["ours_s"], peak)
+    return [Row(what, ours, "naive: transformers + down_proj hooks, mask by mask", _side(r, r["theirs_s"], peak),
+                "ratio_equal_work"),
+            Row(what, ours, f"careful: transformers + hooks, {r['torch_batch']} masks per call (per-row scales)",
+                _side(r, r["batched_s"], peak), "ratio_equal_work_batched"),
+            Row("equal work against the GEMM peak", common.rate(r["flops"] / r["ours_s"]),
+                "none: the best GEMM of the same run", common.rate(peak), "peak_fraction")]

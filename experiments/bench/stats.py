@@ -11,6 +11,7 @@ import numpy as np
 import esn_jax
 from experiments.bench import common
 from experiments.bench.shapes import Shape
+from experiments.bench.table import Row
 
 
 def run(shape: Shape, module, params, clips: int, length: int, repeats: int) -> dict:
@@ -33,3 +34,8 @@ def run(shape: Shape, module, params, clips: int, length: int, repeats: int) -> 
 def describe(r: dict) -> list[str]:
     return [f"statistics, {r['clips']} × {r['length']} tokens (esn_jax.update_stats, one step): {r['seconds']:.3f} s "
             f"({r['tokens_per_s'] / 1e3:.1f}k tokens/s), {r['pooled_tokens']} tokens pooled"]
+
+
+def rows(r: dict) -> list[Row]:
+    return [Row(f"statistics, {r['clips']} × {r['length']} tokens, one esn_jax.update_stats step",
+                f"{r['seconds']:.3f} s", "none (ours only)", "")]

@@ -22,6 +22,7 @@ import esn_jax
 import ports
 from esn_jax import prefix, scoring
 from experiments.bench import common
+from experiments.bench.table import Row
 
 
 def study_masks(text: ports.DecoderConfig, emotions: int, alphas, variants: int | None = None):
@@ -121,3 +122,9 @@ def describe(r: dict) -> list[str]:
         f"(vocabulary {r['vocab']}, so little here; 151,936 for Qwen2.5-Omni)",
         f"  prediction agreement: {r['prediction_agreement']:.3f}",
     ]
+
+
+def rows(r: dict) -> list[Row]:
+    return [Row(f"study stage, reference model, {r['clips']} clips × {r['variants']} masks (ablation + gain)",
+                f"{r['ours_s']:.3f} s", "naive: transformers + hooks, mask by mask, encoder every time, full logits",
+                f"{r['theirs_s']:.3f} s", "ratio_study")]

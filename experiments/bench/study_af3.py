@@ -21,6 +21,7 @@ import numpy as np
 import esn_jax
 from experiments.bench import common
 from experiments.bench.shapes import Shape
+from experiments.bench.table import Row
 from ports.audio import output_lengths
 
 
@@ -72,9 +73,7 @@ def run(shape: Shape, dtype: str, clips: int, variants: int, chunk_size: int, re
                         input_features_mask=t["input_features_mask"])
 
     def encoder_once(current):
-        audio = hf.get_audio_features(t["input_features"], t["input_features_mask"]).pooler_output  # [C * A, H]
-        embeds = hf.get_input_embeddings()(t["input_ids"])
-        embeds[t["input_ids"] == cfg.audio_token_id] = audio.to(embeds.dtype)
+        embeds = common.audio_in_embeds(hf, t["input_ids"], t["input_features"], t["input_features_mask"])
         return per_mask(current, inputs_embeds=embeds)
 
     got = np.asarray(ours())
@@ -101,3 +100,13 @@ def describe(r: dict) -> list[str]:
         f"{r['prediction_agreement_encoder_once']:.3f} encoder once (max |dlogp| "
         f"{r['max_logp_diff_encoder_once']:.1e})",
     ]
+
+
+def rows(r: dict) -> list[Row]:
+    what = (f"study stage, Audio Flamingo 3, {r['shape']} shape, {r['dtype']}, {r['clips']} clips × {r['variants']} "
+            "ablation masks, random weights")
+    ours = f"{r['ours_s']:.3f} s"
+    return [Row(what, ours, "naive: transformers + hooks, full model per mask", f"{r['theirs_s']:.3f} s",
+                "ratio_study_af3"),
+            Row(what, ours, "careful: transformers + hooks, encoder once, inputs_embeds per mask",
+                f"{r['encoder_once_s']:.3f} s", "ratio_study_af3_encoder_once")]

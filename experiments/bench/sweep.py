@@ -9,6 +9,7 @@ import numpy as np
 import esn_jax
 import ports
 from experiments.bench import common
+from experiments.bench.table import Row
 
 
 def run(repeats: int, variants: int = 32) -> tuple[float, float]:
@@ -35,3 +36,8 @@ def run(repeats: int, variants: int = 32) -> tuple[float, float]:
 def describe(sweep: float, loop: float, variants: int = 32) -> list[str]:
     return [f"tiny model, {variants} masks: vmapped sweep {sweep:.0f} masks/s, Python loop {loop:.0f} masks/s "
             f"({sweep / loop:.2f}x)"]
+
+
+def rows(sweep: float, loop: float, variants: int = 32) -> list[Row]:
+    return [Row(f"sweep, tiny model, {variants} masks (masks/s)", f"{sweep:.0f} masks/s",
+                "none: a Python loop of our own jitted scoring, mask by mask", f"{loop:.0f} masks/s", "ratio_sweep")]

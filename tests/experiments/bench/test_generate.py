@@ -8,7 +8,7 @@ from experiments.bench import generate
 from tests.ports.test_audio_flamingo3 import TEXT, convert_random, processor_counts, prompts, windows
 
 
-def test_the_comparison_runs_both_sides_and_finds_their_ids_identical(tmp_path):
+def test_the_comparison_runs_every_side_and_finds_their_ids_identical(tmp_path):
     hf, module, params = convert_random(tmp_path, TEXT)
     hf.eval()
     clip_frames = [20, 13]  # one window each, the second clip shorter: its prompt is left-padded
@@ -23,12 +23,12 @@ def test_the_comparison_runs_both_sides_and_finds_their_ids_identical(tmp_path):
     result = generate.compare(module, params, hf, inputs, prompt, variants=2, tokens=3, repeats=1, fraction=0.5,
                               alpha=4.0)
     assert result["ids"].shape == (2, 2, 3)
-    assert result["identical"] == 2 * 2 * 3
+    assert result["identical"] == result["identical_careful"] == 2 * 2 * 3
     assert result["distinct"] > 2
-    assert result["ours_s"] > 0 and result["theirs_s"] > 0
+    assert result["ours_s"] > 0 and result["theirs_s"] > 0 and result["careful_s"] > 0
     assert not any(layer.mlp.down_proj._forward_pre_hooks for layer in hf.model.language_model.layers)
     lines = generate.describe(result)
-    assert lines[1].startswith("generate ours=") and " theirs=" in lines[1]
+    assert lines[1].startswith("  ours (") and lines[3].endswith(f"inputs_embeds: {result['careful_s']:.3f} s")
 
 
 def test_differing_ids_raise_naming_where():

@@ -1,6 +1,8 @@
 """``python -m experiments.bench`` at ``--shape=tiny`` on the CPU, as a subprocess (absl flags are process-global:
-tests/experiments/test_scripts.py): every comparison's sides run and agree, and the ratios end the output."""
+tests/experiments/test_scripts.py): every comparison's sides run and agree, the ratios end the output, and the
+headline table (--markdown) holds exactly what the same invocation printed."""
 
+import datetime
 import re
 import subprocess
 import sys
@@ -22,8 +24,15 @@ def one(lines: list[str], pattern: str) -> re.Match:
     return found[0]
 
 
-def test_the_accelerator_comparisons_run_every_side_and_end_with_their_ratios():
-    lines = bench("--comparisons=gemm,equal_work,study_af3,stats,attribution")
+def cells(table: str) -> list[list[str]]:
+    """The table's rows below its header, as stripped cells."""
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    return [[c.strip() for c in row.strip().strip("|").split(" | ")] for row in rows]
+
+
+def test_the_accelerator_comparisons_run_every_side_and_end_with_their_ratios(tmp_path):
+    comparisons = "--comparisons=gemm,equal_work,study_af3,stats,attribution"
+    lines = bench(comparisons, f"--markdown={tmp_path / 'headline.md'}")
     one(lines, r"^float32 matmul peak \(256³\): numpy [\d.]+ [GT]FLOP/s, jax [\d.]+ [GT]FLOP/s, torch [\d.]+ "
                r"[GT]FLOP/s; peak")
     one(lines, r"^equal work, tiny shape, float32, N=2 clips × V=4 masks × T=16 tokens")
@@ -52,9 +61,32 @@ def test_the_accelerator_comparisons_run_every_side_and_end_with_their_ratios():
     assert all(tail), lines[-len(names):]
     assert [m[1] for m in tail] == names
     assert all(float(m[2]) > 0 for m in tail)
+    check_table((tmp_path / "headline.md").read_text(), lines, comparisons)
 
 
 def test_peak_is_the_gemm_comparison():
     lines = bench("--comparisons=peak", "--dtype=bfloat16")
     one(lines, r"^bfloat16 matmul peak \(256³\): jax [\d.]+ [GT]FLOP/s, torch [\d.]+ [GT]FLOP/s; peak")
     assert not any("=" in line for line in lines[1:])  # no ratio without a comparison that has one
+
+
+def check_table(table: str, lines: list[str], comparisons: str):
+    """Every cell of the table is a value the invocation printed: the ours/theirs cells verbatim in a printed line,
+    each ratio cell a printed ratio line; every printed ratio is in the table; the facts name this run."""
+    printed = "\n".join(lines)
+    ratio_lines = {line for line in lines if re.fullmatch(r"\w+=\d+\.\d{3}", line)}
+    rows = cells(table)
+    assert [row[0].split(",")[0] for row in rows] == ["equal work"] * 2 + ["equal work against the GEMM peak"] + [
+        "study stage"] * 2 + ["statistics", "gradient attribution"]
+    assert [row[2].split(":")[0] for row in rows] == ["naive", "careful", "none", "naive", "careful",
+                                                      "none (ours only)", "none (ours only)"]
+    for row in rows:
+        assert len(row) == 5, row
+        for cell in row[1], row[3]:
+            assert cell in printed if cell else row[2].startswith("none"), cell
+        assert row[4] == "" or row[4].strip("`") in ratio_lines, row
+    assert {row[4].strip("`") for row in rows if row[4]} == ratio_lines
+    facts = table.split("\n| comparison")[0]
+    assert f"GEMM peaks of the same run: {one(lines, r'^float32 matmul peak').string}" in facts
+    assert facts.startswith(f"## {datetime.datetime.now(datetime.UTC).date().isoformat()}, commit ")
+    assert f"--shape=tiny --repeats=1 {comparisons}" in facts and "jax " in facts and "torch " in facts
