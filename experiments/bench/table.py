@@ -88,7 +88,7 @@ def markdown(rows: list[Row], ratios: dict[str, float], peaks: str, device: str,
     """The table and its facts, a Markdown section. ``peaks``: the GEMM line the invocation printed."""
     today = today or datetime.datetime.now(datetime.UTC).date()
     lines = [
-        f"## {today.isoformat()}, commit {commit()}",
+        f"### {today.isoformat()}, commit {commit()}",
         "",
         f"- machine: {machine(device, torch_device)}",
         f"- GEMM peaks of the same run: {peaks}",

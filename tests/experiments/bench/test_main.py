@@ -88,5 +88,5 @@ def check_table(table: str, lines: list[str], comparisons: str):
     assert {row[4].strip("`") for row in rows if row[4]} == ratio_lines
     facts = table.split("\n| comparison")[0]
     assert f"GEMM peaks of the same run: {one(lines, r'^float32 matmul peak').string}" in facts
-    assert facts.startswith(f"## {datetime.datetime.now(datetime.UTC).date().isoformat()}, commit ")
+    assert facts.startswith(f"### {datetime.datetime.now(datetime.UTC).date().isoformat()}, commit ")
     assert f"--shape=tiny --repeats=1 {comparisons}" in facts and "jax " in facts and "torch " in facts
